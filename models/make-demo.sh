@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Regenerate the committed demo models in models/demo/ (RANDOM weights, tiny shape, seed 0,
+# the project's generated vocabulary).  Needs models/requirements.txt (torch etc.), no network.
+# Usage: models/make-demo.sh            (PYTHON=/path/to/python to choose the interpreter)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+py="${PYTHON:-python3}"
+for pair in discriminator:discriminator classify:classifier tag:tagger embed:encoder; do
+  task="${pair%%:*}"
+  dir="${pair#*:}"
+  echo "== models/demo/$dir (task $task)"
+  "$py" "$here/export.py" --random-init --tiny --seed 0 --task "$task" --no-fp32 "$here/demo/$dir"
+done
+"$py" "$here/quantize.py" --check "$here/demo/discriminator"
+"$py" "$here/quantize.py" --check "$here/demo/classifier"
+"$py" "$here/quantize.py" --check "$here/demo/tagger"
+"$py" "$here/quantize.py" --check "$here/demo/encoder"
+du -sh "$here"/demo/*
