@@ -1,0 +1,168 @@
+//! aarch64 NEON kernels. Activations are packed as i8 `a - 128` (`a ^ 0x80`); the driver adds
+//! `(128 - za) * colsum[n]` back exactly.
+//!
+//! * baseline (Cortex-A72, no dotprod), 4 x 8 tile: per k-quad and row, the row's 4 activation
+//!   bytes are replicated (`ld1r`), multiplied with 2 columns x 4 k of weights by `smull`
+//!   (i8 x i8 -> i16, |p| <= 16384: exact) and pair-accumulated into i32 by `sadalp`; each
+//!   i32x4 accumulator holds [c, c, c+1, c+1] partials, folded by `addp` at the end.
+//!   16 accumulators.
+//! * dotprod, 8 x 8 tile: `sdot` by element (4 columns x 4 k of weights against one row's 4 k),
+//!   16 accumulators. The dotprod intrinsics are unstable in Rust, so `sdot` is one
+//!   instruction of inline asm.
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::gemm::{drive, Job};
+use super::quantize::{quantize_one, QuantParams};
+
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn tile_neon(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
+    const MR: usize = 4;
+    let z = vdupq_n_s32(0);
+    let mut acc = [[z; 4]; MR];
+    let mut ap = a;
+    let mut wp = w as *const i8;
+    for _ in 0..kq {
+        let w0 = vld1q_s8(wp);
+        let w1 = vld1q_s8(wp.add(16));
+        let (w0l, w1l) = (vget_low_s8(w0), vget_low_s8(w1));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av =
+                vreinterpretq_s8_u32(vdupq_n_u32((ap.add(4 * r) as *const u32).read_unaligned()));
+            let avl = vget_low_s8(av);
+            acc[0] = vpadalq_s16(acc[0], vmull_s8(w0l, avl));
+            acc[1] = vpadalq_s16(acc[1], vmull_high_s8(w0, av));
+            acc[2] = vpadalq_s16(acc[2], vmull_s8(w1l, avl));
+            acc[3] = vpadalq_s16(acc[3], vmull_high_s8(w1, av));
+        }
+        ap = ap.add(MR * 4);
+        wp = wp.add(32);
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        vst1q_s32(out.add(r * 8), vpaddq_s32(acc[0], acc[1]));
+        vst1q_s32(out.add(r * 8 + 4), vpaddq_s32(acc[2], acc[3]));
+    }
+}
+
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn run_neon(job: &Job, p0: usize, p1: usize) {
+    drive::<4, _>(job, p0, p1, |a, w, kq, o| tile_neon(a, w, kq, o))
+}
+
+/// `acc[i] += dot(w[4i..4i+4], a[4L..4L+4])` (SDOT by element).
+#[inline(always)]
+unsafe fn sdot_lane<const L: i32>(mut acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    asm!(
+        "sdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{l}]",
+        acc = inout(vreg) acc,
+        w = in(vreg) w,
+        a = in(vreg) a,
+        l = const L,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
+#[target_feature(enable = "neon,dotprod")]
+pub(crate) unsafe fn tile_dotprod(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
+    let z = vdupq_n_s32(0);
+    let mut acc = [[z; 2]; 8];
+    let mut ap = a as *const i8;
+    let mut wp = w as *const i8;
+    for _ in 0..kq {
+        let w0 = vld1q_s8(wp);
+        let w1 = vld1q_s8(wp.add(16));
+        let a0 = vld1q_s8(ap);
+        let a1 = vld1q_s8(ap.add(16));
+        macro_rules! row {
+            ($r:expr, $a:expr, $l:expr) => {
+                acc[$r][0] = sdot_lane::<$l>(acc[$r][0], w0, $a);
+                acc[$r][1] = sdot_lane::<$l>(acc[$r][1], w1, $a);
+            };
+        }
+        row!(0, a0, 0);
+        row!(1, a0, 1);
+        row!(2, a0, 2);
+        row!(3, a0, 3);
+        row!(4, a1, 0);
+        row!(5, a1, 1);
+        row!(6, a1, 2);
+        row!(7, a1, 3);
+        ap = ap.add(32);
+        wp = wp.add(32);
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        vst1q_s32(out.add(r * 8), acc[0]);
+        vst1q_s32(out.add(r * 8 + 4), acc[1]);
+    }
+}
+
+#[target_feature(enable = "neon,dotprod")]
+pub(crate) unsafe fn run_dotprod(job: &Job, p0: usize, p1: usize) {
+    drive::<8, _>(job, p0, p1, |a, w, kq, o| tile_dotprod(a, w, kq, o))
+}
+
+/// Min and max together with 0, NaNs ignored (`fminnm`/`fmaxnm` return the number).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn min_max_neon(x: &[f32]) -> (f32, f32) {
+    let z = vdupq_n_f32(0.0);
+    let (mut lo, mut hi) = ([z; 4], [z; 4]);
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        let p = c.as_ptr();
+        for i in 0..4 {
+            let v = vld1q_f32(p.add(4 * i));
+            lo[i] = vminnmq_f32(v, lo[i]);
+            hi[i] = vmaxnmq_f32(v, hi[i]);
+        }
+    }
+    let l = vminnmq_f32(vminnmq_f32(lo[0], lo[1]), vminnmq_f32(lo[2], lo[3]));
+    let h = vmaxnmq_f32(vmaxnmq_f32(hi[0], hi[1]), vmaxnmq_f32(hi[2], hi[3]));
+    let (mut l, mut h) = (vminnmvq_f32(l), vmaxnmvq_f32(h));
+    for &v in rest {
+        if v < l {
+            l = v;
+        }
+        if v > h {
+            h = v;
+        }
+    }
+    (l, h)
+}
+
+/// `q = saturate(round_half_even(x / scale) + zp)`, NaN -> zp; `scale > 0`.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn quantize_neon(x: &[f32], p: QuantParams, q: &mut [u8]) {
+    let zpf = p.zero_point as f32;
+    let vs = vdupq_n_f32(p.scale);
+    let vz = vdupq_n_f32(zpf);
+    let lo = vdupq_n_f32(-zpf);
+    let hi = vdupq_n_f32(255.0 - zpf);
+    macro_rules! one {
+        ($v:expr) => {{
+            let r = vrndnq_f32(vdivq_f32($v, vs));
+            // NaN -> 0 (fmaxnm/fminnm would also do it, but keep the order of the scalar code)
+            let r = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(r), vceqq_f32(r, r)));
+            let r = vminq_f32(vmaxq_f32(r, lo), hi);
+            vcvtq_u32_f32(vaddq_f32(r, vz))
+        }};
+    }
+    let n16 = x.len() / 16 * 16;
+    let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
+    let mut i = 0;
+    while i < n16 {
+        let a = one!(vld1q_f32(xp.add(i)));
+        let b = one!(vld1q_f32(xp.add(i + 4)));
+        let c = one!(vld1q_f32(xp.add(i + 8)));
+        let d = one!(vld1q_f32(xp.add(i + 12)));
+        let ab = vcombine_u16(vmovn_u32(a), vmovn_u32(b));
+        let cd = vcombine_u16(vmovn_u32(c), vmovn_u32(d));
+        vst1q_u8(qp.add(i), vcombine_u8(vmovn_u16(ab), vmovn_u16(cd)));
+        i += 16;
+    }
+    for j in n16..x.len() {
+        q[j] = quantize_one(x[j], p.scale, p.zero_point);
+    }
+}

@@ -1,0 +1,469 @@
+//! The integer GEMM driver: A packing, tiling, threads, zero-point compensation and the f32
+//! epilogue, around per-kernel micro-tiles (`MR` rows x 8 columns of raw i32 sums).
+//!
+//! Exactness: every kernel computes a *raw* sum `R[m,n] = sum_k â[m,k] * w[k,n]` over the
+//! packed i8 weights, with `â = a - za` (scalar, AVX2: i16 activations) or `â = a - 128`
+//! (NEON: i8 activations), then
+//!
+//! ```text
+//! C[m,n] = R[m,n] + (za' ) * colsum[n] - zw[n] * rowsum[m]
+//!   za' = 0 (â = a - za) or 128 - za (â = a - 128),  rowsum[m] = sum_k (a[m,k] - za)
+//! ```
+//! which is `sum_k (a - za) * (w - zw)` exactly. All intermediate i32 arithmetic wraps, so the
+//! result is exact whenever the true result fits in i32 (always for K <= 33025).
+
+use super::pack::{PackedWeights, NR, QUAD_BYTES};
+use super::quantize::{self, QuantParams};
+use super::Kernel;
+
+/// Packed-A formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AFormat {
+    /// i16 `a - za`, k-quads of MR rows: `[block][q][r][4]`.
+    I16MinusZa,
+    /// i8 `a - 128` (`a ^ 0x80`), k-quads of MR rows: `[block][q][r][4]`.
+    I8Shifted,
+}
+
+pub(crate) enum ABuf {
+    I16(Vec<i16>),
+    I8(Vec<i8>),
+}
+
+impl ABuf {
+    fn ptr(&self) -> *const u8 {
+        match self {
+            ABuf::I16(v) => v.as_ptr() as *const u8,
+            ABuf::I8(v) => v.as_ptr() as *const u8,
+        }
+    }
+}
+
+pub(crate) struct PackedA {
+    pub buf: ABuf,
+    pub rowsum: Vec<i32>,
+    /// Bytes of one block of MR rows.
+    pub block_bytes: usize,
+}
+
+/// Per-kernel configuration: rows per tile and A format.
+pub(crate) fn config(kernel: Kernel) -> (usize, AFormat) {
+    match kernel {
+        Kernel::Scalar => (4, AFormat::I16MinusZa),
+        Kernel::Avx2 => (6, AFormat::I16MinusZa),
+        Kernel::Neon => (4, AFormat::I8Shifted),
+        Kernel::Dotprod => (8, AFormat::I8Shifted),
+    }
+}
+
+/// Packs u8 activations `[M, K]` (row-major) for a kernel.
+pub(crate) fn pack_a(a: &[u8], m: usize, k: usize, za: u8, mr: usize, fmt: AFormat) -> PackedA {
+    assert_eq!(a.len(), m * k);
+    let kq = k.div_ceil(4);
+    let blocks = m.div_ceil(mr);
+    let per_block = kq * mr * 4;
+    let mut rowsum = vec![0i32; m];
+    let kza = (k as i32) * za as i32;
+    match fmt {
+        AFormat::I16MinusZa => {
+            let mut buf = vec![0i16; blocks * per_block];
+            for row in 0..m {
+                let (b, r) = (row / mr, row % mr);
+                let dst = &mut buf[b * per_block..(b + 1) * per_block];
+                let src = &a[row * k..(row + 1) * k];
+                let mut s = 0i32;
+                for (q, chunk) in src.chunks(4).enumerate() {
+                    let d = &mut dst[(q * mr + r) * 4..(q * mr + r) * 4 + 4];
+                    for (d, &x) in d.iter_mut().zip(chunk) {
+                        *d = x as i16 - za as i16;
+                        s += x as i32;
+                    }
+                }
+                rowsum[row] = s - kza;
+            }
+            PackedA {
+                buf: ABuf::I16(buf),
+                mr,
+                rowsum,
+                block_bytes: per_block * 2,
+            }
+        }
+        AFormat::I8Shifted => {
+            let mut buf = vec![0i8; blocks * per_block];
+            for row in 0..m {
+                let (b, r) = (row / mr, row % mr);
+                let dst = &mut buf[b * per_block..(b + 1) * per_block];
+                let src = &a[row * k..(row + 1) * k];
+                let mut s = 0i32;
+                for (q, chunk) in src.chunks(4).enumerate() {
+                    let d = &mut dst[(q * mr + r) * 4..(q * mr + r) * 4 + 4];
+                    for (d, &x) in d.iter_mut().zip(chunk) {
+                        *d = (x ^ 0x80) as i8;
+                        s += x as i32;
+                    }
+                }
+                rowsum[row] = s - kza;
+            }
+            PackedA {
+                buf: ABuf::I8(buf),
+                mr,
+                rowsum,
+                block_bytes: per_block,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Out {
+    I32(*mut i32),
+    /// `y = acc as f32 * scale[n] + bias[n]`; `scale` and `bias` padded to `panels * 8`.
+    F32 {
+        y: *mut f32,
+        scale: *const f32,
+        bias: Option<*const f32>,
+    },
+}
+
+/// Everything a thread needs; raw pointers so column ranges can be shared across threads
+/// (each thread writes disjoint columns).
+pub(crate) struct Job<'a> {
+    pub a: *const u8,
+    pub block_bytes: usize,
+    pub m: usize,
+    pub n: usize,
+    pub kq: usize,
+    pub w: *const u8,
+    pub rowsum: &'a [i32],
+    /// `za' * colsum[n]`, padded.
+    pub colterm: &'a [i32],
+    pub zp: &'a [i32],
+    pub zp_zero: bool,
+    pub out: Out,
+}
+
+unsafe impl Send for Job<'_> {}
+unsafe impl Sync for Job<'_> {}
+
+/// Rows of A per L2 block (packed A of a block should stay in L2 while the panels stream).
+fn rows_per_chunk(mr: usize, kq: usize, abytes: usize) -> usize {
+    let budget = 128 * 1024;
+    let per_row = kq * 4 * abytes;
+    let rows = (budget / per_row.max(1)).max(mr);
+    rows / mr * mr
+}
+
+/// The generic driver over column panels `[p0, p1)`; `tile(a, w, kq, out)` writes the raw
+/// `MR x 8` sums row-major into `out`. Inlined into each kernel's `target_feature` wrapper so
+/// that the epilogue is compiled for that kernel's features.
+#[inline(always)]
+pub(crate) unsafe fn drive<const MR: usize, F: Fn(*const u8, *const u8, usize, *mut i32)>(
+    job: &Job,
+    p0: usize,
+    p1: usize,
+    tile: F,
+) {
+    let abytes = job.block_bytes / (job.kq * MR * 4).max(1);
+    let chunk = rows_per_chunk(MR, job.kq, abytes);
+    let mut t = [[0i32; NR]; MR];
+    let mut m0 = 0;
+    while m0 < job.m {
+        let m1 = (m0 + chunk).min(job.m);
+        for p in p0..p1 {
+            let w = job.w.add(p * job.kq * QUAD_BYTES);
+            let n0 = p * NR;
+            let cols = (job.n - n0).min(NR);
+            let mut mb = m0;
+            while mb < m1 {
+                let rows = (job.m - mb).min(MR);
+                let a = job.a.add(mb / MR * job.block_bytes);
+                tile(a, w, job.kq, t.as_mut_ptr() as *mut i32);
+                store::<MR>(job, &t, mb, rows, n0, cols);
+                mb += MR;
+            }
+        }
+        m0 = m1;
+    }
+}
+
+#[inline(always)]
+unsafe fn store<const MR: usize>(
+    job: &Job,
+    t: &[[i32; NR]; MR],
+    m0: usize,
+    rows: usize,
+    n0: usize,
+    cols: usize,
+) {
+    let colterm: &[i32; NR] = job.colterm[n0..n0 + NR].try_into().unwrap();
+    let zp: &[i32; NR] = job.zp[n0..n0 + NR].try_into().unwrap();
+    for r in 0..rows {
+        let m = m0 + r;
+        let rs = job.rowsum[m];
+        let mut v = [0i32; NR];
+        if job.zp_zero {
+            for j in 0..NR {
+                v[j] = t[r][j].wrapping_add(colterm[j]);
+            }
+        } else {
+            for j in 0..NR {
+                v[j] = t[r][j]
+                    .wrapping_add(colterm[j])
+                    .wrapping_sub(zp[j].wrapping_mul(rs));
+            }
+        }
+        match job.out {
+            Out::I32(c) => {
+                let dst = c.add(m * job.n + n0);
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, cols);
+            }
+            Out::F32 { y, scale, bias } => {
+                let s = &*(scale.add(n0) as *const [f32; NR]);
+                let mut f = [0f32; NR];
+                for j in 0..NR {
+                    f[j] = v[j] as f32 * s[j];
+                }
+                if let Some(b) = bias {
+                    let b = &*(b.add(n0) as *const [f32; NR]);
+                    for j in 0..NR {
+                        f[j] += b[j];
+                    }
+                }
+                let dst = y.add(m * job.n + n0);
+                std::ptr::copy_nonoverlapping(f.as_ptr(), dst, cols);
+            }
+        }
+    }
+}
+
+/// Portable tile: MR = 4, A = i16 `a - za`.
+pub(crate) unsafe fn tile_scalar(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
+    const MR: usize = 4;
+    let a = std::slice::from_raw_parts(a as *const i16, kq * MR * 4);
+    let w = std::slice::from_raw_parts(w as *const i8, kq * QUAD_BYTES);
+    let mut acc = [[0i32; NR]; MR];
+    for q in 0..kq {
+        let wq = &w[q * QUAD_BYTES..(q + 1) * QUAD_BYTES];
+        for r in 0..MR {
+            let aq = &a[(q * MR + r) * 4..(q * MR + r) * 4 + 4];
+            for j in 0..NR {
+                let wj = &wq[j * 4..j * 4 + 4];
+                let mut s = 0i32;
+                for i in 0..4 {
+                    s += aq[i] as i32 * wj[i] as i32;
+                }
+                acc[r][j] = acc[r][j].wrapping_add(s);
+            }
+        }
+    }
+    std::ptr::copy_nonoverlapping(acc.as_ptr() as *const i32, out, MR * NR);
+}
+
+unsafe fn run_scalar(job: &Job, p0: usize, p1: usize) {
+    drive::<4, _>(job, p0, p1, |a, w, kq, o| tile_scalar(a, w, kq, o))
+}
+
+fn runner(kernel: Kernel) -> unsafe fn(&Job, usize, usize) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => super::x86::run_avx2,
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => super::arm::run_neon,
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Dotprod => super::arm::run_dotprod,
+        _ => run_scalar,
+    }
+}
+
+/// Runs the job over all panels, split over `threads` (1 = on the calling thread).
+fn execute(kernel: Kernel, job: &Job, panels: usize, threads: usize) {
+    let run = runner(kernel);
+    let threads = threads.clamp(1, panels.max(1));
+    if threads == 1 {
+        unsafe { run(job, 0, panels) };
+        return;
+    }
+    let per = panels.div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut p0 = per;
+        while p0 < panels {
+            let p1 = (p0 + per).min(panels);
+            s.spawn(move || unsafe { run(job, p0, p1) });
+            p0 = p1;
+        }
+        unsafe { run(job, 0, per.min(panels)) };
+    });
+}
+
+fn check_a(a: &[u8], m: usize, w: &PackedWeights) {
+    assert_eq!(
+        a.len(),
+        m * w.k(),
+        "qgemm: A has {} elements, not M*K = {m}*{}",
+        a.len(),
+        w.k()
+    );
+}
+
+fn prepare<'p>(
+    kernel: Kernel,
+    a: &[u8],
+    m: usize,
+    za: u8,
+    w: &'p PackedWeights,
+) -> (Kernel, PackedA, Vec<i32>) {
+    let kernel = Kernel::resolve(Some(kernel));
+    let (mr, fmt) = config(kernel);
+    let pa = pack_a(a, m, w.k(), za, mr, fmt);
+    let off = match fmt {
+        AFormat::I16MinusZa => 0,
+        AFormat::I8Shifted => 128 - za as i32,
+    };
+    let colterm = w.colsum().iter().map(|c| c.wrapping_mul(off)).collect();
+    (kernel, pa, colterm)
+}
+
+/// Exact integer GEMM: `c[m,n] = sum_k (a[m,k] - za) * (w[k,n] - zw[n])`, `a` u8 `[M, K]`
+/// row-major, `c` i32 `[M, N]` row-major.
+pub fn qgemm_i32(
+    kernel: Kernel,
+    a: &[u8],
+    m: usize,
+    za: u8,
+    w: &PackedWeights,
+    c: &mut [i32],
+    threads: usize,
+) {
+    check_a(a, m, w);
+    assert_eq!(
+        c.len(),
+        m * w.n(),
+        "qgemm_i32: C has {} elements, not M*N",
+        c.len()
+    );
+    if m == 0 {
+        return;
+    }
+    let (kernel, pa, colterm) = prepare(kernel, a, m, za, w);
+    let job = Job {
+        a: pa.buf.ptr(),
+        block_bytes: pa.block_bytes,
+        m,
+        n: w.n(),
+        kq: w.kq(),
+        w: w.data().as_ptr(),
+        rowsum: &pa.rowsum,
+        colterm: &colterm,
+        zp: w.zero_points(),
+        zp_zero: w.zero_points_all_zero(),
+        out: Out::I32(c.as_mut_ptr()),
+    };
+    execute(kernel, &job, w.panels(), threads);
+}
+
+/// Quantized GEMM with the f32 epilogue:
+/// `y[m,n] = c[m,n] as f32 * (sa * sw[n]) + bias[n]` (`sw`: 1 or N scales; `bias`: N values).
+#[allow(clippy::too_many_arguments)]
+pub fn qgemm_f32(
+    kernel: Kernel,
+    a: &[u8],
+    m: usize,
+    za: u8,
+    sa: f32,
+    w: &PackedWeights,
+    sw: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    threads: usize,
+) {
+    check_a(a, m, w);
+    let n = w.n();
+    assert_eq!(
+        y.len(),
+        m * n,
+        "qgemm_f32: Y has {} elements, not M*N",
+        y.len()
+    );
+    assert!(
+        sw.len() == 1 || sw.len() == n,
+        "qgemm_f32: {} weight scales for N = {n}",
+        sw.len()
+    );
+    if let Some(b) = bias {
+        assert_eq!(
+            b.len(),
+            n,
+            "qgemm_f32: bias has {} values for N = {n}",
+            b.len()
+        );
+    }
+    if m == 0 {
+        return;
+    }
+    let padded = w.panels() * NR;
+    let mut scale = vec![0f32; padded];
+    for (j, s) in scale.iter_mut().enumerate().take(n) {
+        *s = sa * if sw.len() == 1 { sw[0] } else { sw[j] };
+    }
+    let bias = bias.map(|b| {
+        let mut v = vec![0f32; padded];
+        v[..n].copy_from_slice(b);
+        v
+    });
+    let (kernel, pa, colterm) = prepare(kernel, a, m, za, w);
+    let job = Job {
+        a: pa.buf.ptr(),
+        block_bytes: pa.block_bytes,
+        m,
+        n,
+        kq: w.kq(),
+        w: w.data().as_ptr(),
+        rowsum: &pa.rowsum,
+        colterm: &colterm,
+        zp: w.zero_points(),
+        zp_zero: w.zero_points_all_zero(),
+        out: Out::F32 {
+            y: y.as_mut_ptr(),
+            scale: scale.as_ptr(),
+            bias: bias.as_ref().map(|b| b.as_ptr()),
+        },
+    };
+    execute(kernel, &job, w.panels(), threads);
+}
+
+/// The whole fused op on f32 activations `x` `[M, K]`: `DynamicQuantizeLinear`, then
+/// [`qgemm_f32`] into `y` `[M, N]`. Returns the activations' quantization parameters.
+#[allow(clippy::too_many_arguments)]
+pub fn quantized_matmul_f32(
+    kernel: Kernel,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    sw: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    threads: usize,
+) -> QuantParams {
+    assert_eq!(
+        x.len(),
+        m * w.k(),
+        "quantized_matmul_f32: X has {} elements, not M*K",
+        x.len()
+    );
+    let kernel = Kernel::resolve(Some(kernel));
+    let mut q = vec![0u8; x.len()];
+    let p = quantize::dynamic_quantize_linear_with(kernel, x, &mut q);
+    qgemm_f32(
+        kernel,
+        &q,
+        m,
+        p.zero_point,
+        p.scale,
+        w,
+        sw,
+        bias,
+        y,
+        threads,
+    );
+    p
+}

@@ -1,0 +1,145 @@
+//! Our own quantized matmul: the kernels of the fast int8 path (issue 4).
+//!
+//! The math is the one onnxruntime's `quantize_dynamic` graphs compute for every MatMul with a
+//! constant weight (`DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> [Add]`):
+//!
+//! ```text
+//! y[m,n] = (sum_k (a[m,k] - za) * (w[k,n] - zw[n])) as f32 * (sa * sw[n]) + bias[n]
+//! ```
+//!
+//! * `a`: activations quantized per call by [`dynamic_quantize_linear`] (u8, scalar `sa`, `za`),
+//!   bit-identical to the ONNX definition (division by the scale, round half to even).
+//! * `w`: int8 or uint8 weights `[K, N]` row-major as stored in the ONNX initializer, packed once
+//!   by [`pack_weights`] into a [`PackedWeights`] blob (plain bytes with a header: it can be
+//!   written to a file and used from a memory map, see [`pack`] for the layout). uint8 weights
+//!   are shifted to int8 (`w - 128`, `zw - 128`) exactly.
+//! * the integer part is exact (i32, for `K <= 33025`) on every kernel: [`qgemm_i32`].
+//! * the f32 epilogue ([`qgemm_f32`]) is `acc as f32 * (sa * sw[n]) + bias[n]` with two
+//!   separately rounded operations (no FMA), the same as the unfused Cast/Mul/Add graph.
+//!
+//! Kernels ([`Kernel`]): portable scalar (the reference), x86-64 AVX2 (`vpmovsxbw` +
+//! `vpmaddwd`, 6x8 tile), aarch64 NEON baseline for Cortex-A72 (`smull` + `sadalp`, 4x8) and
+//! aarch64 `sdot` (8x8, when the CPU has dotprod). One dispatcher picks the best available at
+//! run time; `ELECTRA_EDGE_KERNEL=scalar|avx2|neon|dotprod` (or an explicit [`Kernel`]
+//! argument) overrides it. Threads split the columns (`std::thread::scope`, 1 = no spawning).
+
+mod gemm;
+pub mod pack;
+mod quantize;
+
+#[cfg(target_arch = "aarch64")]
+mod arm;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+#[cfg(test)]
+mod tests;
+
+pub use gemm::{qgemm_f32, qgemm_i32, quantized_matmul_f32};
+pub use pack::{pack_weights, PackedWeights};
+pub use quantize::{dynamic_quantize_linear, dynamic_quantize_linear_with, QuantParams};
+
+use std::sync::OnceLock;
+
+/// The environment variable that overrides the kernel choice.
+pub const KERNEL_ENV: &str = "ELECTRA_EDGE_KERNEL";
+
+/// One implementation of the quantized kernels (quantize, A packing, integer GEMM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable Rust, the reference semantics; available everywhere.
+    Scalar,
+    /// x86-64 AVX2.
+    Avx2,
+    /// aarch64 NEON without dotprod (Cortex-A72, Raspberry Pi 4).
+    Neon,
+    /// aarch64 NEON with `sdot` (Cortex-A76 and later, Raspberry Pi 5).
+    Dotprod,
+}
+
+impl Kernel {
+    /// Every kernel, available here or not.
+    pub const ALL: [Kernel; 4] = [Kernel::Scalar, Kernel::Avx2, Kernel::Neon, Kernel::Dotprod];
+
+    /// Name as accepted by [`Kernel::parse`] and `ELECTRA_EDGE_KERNEL`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Neon => "neon",
+            Kernel::Dotprod => "dotprod",
+        }
+    }
+
+    /// `scalar`, `avx2`, `neon` or `dotprod` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this CPU can run the kernel (runtime detection).
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Dotprod => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The fastest kernel this CPU can run.
+    pub fn best() -> Kernel {
+        [Kernel::Dotprod, Kernel::Neon, Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.is_available())
+            .unwrap_or(Kernel::Scalar)
+    }
+
+    /// The kernel to use by default: `ELECTRA_EDGE_KERNEL` if set (and available here),
+    /// otherwise [`Kernel::best`]. Read once per process. An unknown or unavailable name is
+    /// reported once on the log and ignored.
+    pub fn default_choice() -> Kernel {
+        static CHOICE: OnceLock<Kernel> = OnceLock::new();
+        *CHOICE.get_or_init(|| match std::env::var(KERNEL_ENV) {
+            Ok(v) if !v.trim().is_empty() => match Kernel::parse(&v) {
+                Some(k) if k.is_available() => k,
+                Some(k) => {
+                    log::warn!(
+                        "{KERNEL_ENV}={v}: kernel {} not available on this CPU",
+                        k.name()
+                    );
+                    Kernel::best()
+                }
+                None => {
+                    log::warn!("{KERNEL_ENV}={v}: unknown kernel (scalar|avx2|neon|dotprod)");
+                    Kernel::best()
+                }
+            },
+            _ => Kernel::best(),
+        })
+    }
+
+    /// `Some(k)` if available, else the default choice. Kernels not available on this CPU are
+    /// never run (it would be undefined behaviour).
+    pub fn resolve(choice: Option<Kernel>) -> Kernel {
+        match choice {
+            Some(k) if k.is_available() => k,
+            _ => Kernel::default_choice(),
+        }
+    }
+}
+
+impl std::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,133 @@
+//! x86-64 AVX2 kernels.
+//!
+//! GEMM tile: 6 rows x 8 columns. Per k-quad (4 consecutive k), the packed weights of the
+//! panel are 32 bytes: columns 0-3 then 4-7, 4 k each. Each 16-byte half is sign-extended to
+//! 16 i16 (`vpmovsxbw`); the activations of one row (i16 `a - za`, 4 k) are broadcast as one
+//! 64-bit value, so `vpmaddwd` gives, per i32 lane, the sum of 2 products for one column
+//! (two lanes per column: k0+k1 and k2+k3). |a - za| <= 255 and |w| <= 128, so a pair sum is at
+//! most 65280: no saturation anywhere (`vpmaddwd` only saturates for -32768 * -32768 pairs).
+//! 12 accumulators (6 rows x 2 halves) + 2 weights + 1 broadcast = 15 ymm registers. The two
+//! partial lanes of a column are added at the end (`vphaddd` + a cross-lane permute).
+
+use std::arch::x86_64::*;
+
+use super::gemm::{drive, Job};
+use super::quantize::{quantize_one, QuantParams};
+
+const MR: usize = 6;
+
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn tile_avx2(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
+    let a = a as *const i64;
+    let z = _mm256_setzero_si256();
+    let mut acc = [[z; 2]; MR];
+    let mut ap = a;
+    let mut wp = w;
+    for _ in 0..kq {
+        let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp as *const __m128i));
+        let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(16) as *const __m128i));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av = _mm256_set1_epi64x(ap.add(r).read_unaligned());
+            acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(av, w0));
+            acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(av, w1));
+        }
+        ap = ap.add(MR);
+        wp = wp.add(32);
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // [c0 c1 c4 c5 | c2 c3 c6 c7] -> [c0 .. c7]
+        let h = _mm256_hadd_epi32(acc[0], acc[1]);
+        let h = _mm256_permute4x64_epi64::<0xD8>(h);
+        _mm256_storeu_si256(out.add(r * 8) as *mut __m256i, h);
+    }
+}
+
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn run_avx2(job: &Job, p0: usize, p1: usize) {
+    drive::<MR, _>(job, p0, p1, |a, w, kq, o| tile_avx2(a, w, kq, o))
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn hmin(v: __m256) -> f32 {
+    let m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_min_ss(m, _mm_shuffle_ps::<1>(m, m));
+    _mm_cvtss_f32(m)
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+    _mm_cvtss_f32(m)
+}
+
+/// Min and max together with 0, NaNs ignored (`vminps(x, acc)` returns `acc` when x is NaN).
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn min_max_avx2(x: &[f32]) -> (f32, f32) {
+    let z = _mm256_setzero_ps();
+    let (mut lo, mut hi) = ([z; 4], [z; 4]);
+    let chunks = x.chunks_exact(32);
+    let rest = chunks.remainder();
+    for c in chunks {
+        let p = c.as_ptr();
+        for i in 0..4 {
+            let v = _mm256_loadu_ps(p.add(8 * i));
+            lo[i] = _mm256_min_ps(v, lo[i]);
+            hi[i] = _mm256_max_ps(v, hi[i]);
+        }
+    }
+    let l = _mm256_min_ps(_mm256_min_ps(lo[0], lo[1]), _mm256_min_ps(lo[2], lo[3]));
+    let h = _mm256_max_ps(_mm256_max_ps(hi[0], hi[1]), _mm256_max_ps(hi[2], hi[3]));
+    let (mut l, mut h) = (hmin(l), hmax(h));
+    for &v in rest {
+        if v < l {
+            l = v;
+        }
+        if v > h {
+            h = v;
+        }
+    }
+    (l, h)
+}
+
+/// `q = saturate(round_half_even(x / scale) + zp)`, NaN -> zp; `scale > 0`.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn quantize_avx2(x: &[f32], p: QuantParams, q: &mut [u8]) {
+    let zpf = p.zero_point as f32;
+    let vs = _mm256_set1_ps(p.scale);
+    let vz = _mm256_set1_ps(zpf);
+    let lo = _mm256_set1_ps(-zpf);
+    let hi = _mm256_set1_ps(255.0 - zpf);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let n32 = x.len() / 32 * 32;
+    // a macro, not a closure, so that the code is compiled with this function's features
+    macro_rules! one {
+        ($v:expr) => {{
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_div_ps($v, vs),
+            );
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+            let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+            _mm256_cvttps_epi32(_mm256_add_ps(r, vz))
+        }};
+    }
+    let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
+    let mut i = 0;
+    while i < n32 {
+        let a = one!(_mm256_loadu_ps(xp.add(i)));
+        let b = one!(_mm256_loadu_ps(xp.add(i + 8)));
+        let c = one!(_mm256_loadu_ps(xp.add(i + 16)));
+        let d = one!(_mm256_loadu_ps(xp.add(i + 24)));
+        let ab = _mm256_packs_epi32(a, b);
+        let cd = _mm256_packs_epi32(c, d);
+        let u = _mm256_packus_epi16(ab, cd);
+        let u = _mm256_permutevar8x32_epi32(u, perm);
+        _mm256_storeu_si256(qp.add(i) as *mut __m256i, u);
+        i += 32;
+    }
+    for j in n32..x.len() {
+        q[j] = quantize_one(x[j], p.scale, p.zero_point);
+    }
+}
