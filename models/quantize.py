@@ -397,11 +397,45 @@ def error_bound(fp32_max_abs: float, rel: float = REL_BOUND) -> float:
     return float(rel * max(1.0, fp32_max_abs))
 
 
+def exact_int8_session(int8_path: Path):
+    """onnx's pure-numpy reference evaluator on the int8 graph: exact integer arithmetic.
+
+    onnxruntime's u8s8 MatMulInteger kernel on x86-64 AVX2 without VNNI sums pairs of u8*s8
+    products in saturating int16 (vpmaddubsw), so with int8 weights (worst: per-channel) its
+    output can be off by far more than the quantization itself; uint8 weights, VNNI and ARM do
+    not have the problem, and neither does tract (i32 accumulation).  The evaluator only
+    implements DequantizeLinear from opset 19 on; the ops of these graphs mean the same in
+    opsets 17..21, so the in-memory copy is relabelled 21.
+    """
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(str(int8_path))
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version < 21:
+            imp.version = 21
+    ref = ReferenceEvaluator(model)
+
+    class _Session:
+        def run(self, _names, feeds):
+            return ref.run(None, feeds)
+
+    return _Session()
+
+
 def verify(fp32_path: Path, int8_path: Path, tokenize, task: str, sentences=VERIFY_SENTENCES,
-           rel_bound: float = REL_BOUND, max_abs_err: float | None = None) -> dict:
+           rel_bound: float = REL_BOUND, max_abs_err: float | None = None, exact: bool = True) -> dict:
+    """Compare int8 with fp32 on SENTENCES.
+
+    ``max_abs_err_int8_vs_fp32`` is onnxruntime int8 vs onnxruntime fp32.  With ``exact`` the
+    int8 graph also runs under exact integer arithmetic (``exact_int8_session``); the model then
+    passes when the exact error is within the bound (it is the model's own error and what tract
+    computes) and an onnxruntime error above the bound is reported as its kernel's saturation.
+    """
     s_fp32 = make_session(fp32_path)
     s_int8 = make_session(int8_path)
-    worst = 0.0
+    s_exact = exact_int8_session(int8_path) if exact else None
+    worst = worst_exact = 0.0
     scale = 0.0
     for text in sentences:
         ids = tokenize(text)
@@ -411,17 +445,27 @@ def verify(fp32_path: Path, int8_path: Path, tokenize, task: str, sentences=VERI
             raise ExportError(f"int8 output shape {b.shape} != fp32 output shape {a.shape}")
         if not np.all(np.isfinite(b)):
             raise ExportError(f"int8 graph produced non-finite values for {text!r}")
-        a, b = compared_output(task, a), compared_output(task, b)
-        worst = max(worst, float(np.max(np.abs(a - b))))
-        scale = max(scale, float(np.max(np.abs(a))))
+        a_c = compared_output(task, a)
+        scale = max(scale, float(np.max(np.abs(a_c))))
+        worst = max(worst, float(np.max(np.abs(a_c - compared_output(task, b)))))
+        if s_exact is not None:
+            c = run(s_exact, ids)
+            worst_exact = max(worst_exact, float(np.max(np.abs(a_c - compared_output(task, c)))))
     bound = float(max_abs_err) if max_abs_err is not None else error_bound(scale, rel_bound)
-    return {
+    res = {
         "sentences": len(sentences),
         "max_abs_err_int8_vs_fp32": round(worst, 6),
         "bound": round(bound, 6),
         "max_abs_fp32": round(scale, 6),
-        "ok": worst <= bound,
     }
+    if s_exact is not None:
+        res["max_abs_err_exact_int8_vs_fp32"] = round(worst_exact, 6)
+        res["ok"] = worst_exact <= bound
+        res["ort_saturated"] = worst > bound >= worst_exact
+    else:
+        res["ok"] = worst <= bound
+        res["ort_saturated"] = False
+    return res
 
 
 def golden(fp32_path: Path, int8_path: Path, tokenize, task: str, sentences=GOLDEN_SENTENCES) -> list:
@@ -490,12 +534,20 @@ def build_folder(
         ver = verify(fp32_path, tmp_int8, tokenize, task, rel_bound=rel_bound, max_abs_err=max_abs_err)
         log(
             f"verification on {ver['sentences']} sentences: max |int8 - fp32| = {ver['max_abs_err_int8_vs_fp32']:.6f}"
-            f" (largest |fp32| {ver['max_abs_fp32']:.4f}, bound {ver['bound']:.6f})"
+            f" (onnxruntime), {ver['max_abs_err_exact_int8_vs_fp32']:.6f} (exact integer arithmetic);"
+            f" largest |fp32| {ver['max_abs_fp32']:.4f}, bound {ver['bound']:.6f}"
         )
         if not ver["ok"]:
             raise ExportError(
-                f"int8 model is off: max abs error {ver['max_abs_err_int8_vs_fp32']:.6f} > bound {ver['bound']:.6f}"
-                " (try --per-channel, or pass --max-abs-err to accept it)"
+                f"int8 model is off: max abs error {ver['max_abs_err_exact_int8_vs_fp32']:.6f} > bound {ver['bound']:.6f}"
+                " (try --per-channel or --weight-type uint8, or pass --max-abs-err to accept it)"
+            )
+        if ver["ort_saturated"]:
+            log(
+                "WARNING: onnxruntime's int8 output is off by more than the bound while exact integer arithmetic is"
+                " within it: onnxruntime's u8s8 kernel saturates on this CPU (x86-64 AVX2 without VNNI). The model"
+                " is fine (tract accumulates in i32), but the golden ort_int8 values carry that error; prefer"
+                " --weight-type uint8 for golden values that match exact arithmetic."
             )
         gold = golden(fp32_path, tmp_int8, tokenize, task)
 
@@ -532,6 +584,7 @@ def build_folder(
             "sentences": ver["sentences"],
             "max_abs_err_int8_vs_fp32": ver["max_abs_err_int8_vs_fp32"],
             "bound": ver["bound"],
+            "max_abs_err_exact_int8_vs_fp32": ver["max_abs_err_exact_int8_vs_fp32"],
         },
         "golden": gold,
     }

@@ -1,0 +1,90 @@
+"""The committed demo models in models/demo/ (random weights, tiny shape, generated vocab)."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+import make_vocab
+import quantize as q
+from conftest import MODELS
+
+DEMO = MODELS / "demo"
+FOLDERS = {"discriminator": "discriminator", "classifier": "classify", "tagger": "tag", "encoder": "embed"}
+ARCH = {"discriminator": "ElectraForPreTraining", "classify": "ElectraForSequenceClassification",
+        "tag": "ElectraForTokenClassification", "embed": "ElectraModel"}
+
+
+@pytest.mark.parametrize("folder", sorted(FOLDERS))
+def test_demo_folder(folder):
+    d = DEMO / folder
+    m = q.check_folder(d)  # every listed file exists and its sha256 matches
+    task = FOLDERS[folder]
+    assert m["task"] == task
+    assert m["source"]["random_weights"] is True
+    assert set(m["files"]) == {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json"}
+    size = sum(p.stat().st_size for p in d.iterdir())
+    assert size < 1_300_000, f"{folder}: {size} bytes"
+
+    cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    assert cfg["architectures"] == [ARCH[task]]
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["embedding_size"]) == (2, 64, 32)
+    if task == "classify":
+        assert cfg["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    if task == "tag":
+        assert list(cfg["id2label"].values()) == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    assert {v: int(k) for k, v in cfg.get("id2label", {}).items()} == cfg.get("label2id", {})
+
+    # the vocabulary is the project's own, generated one
+    tj = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = make_vocab.build_vocab()
+    assert tj["model"]["vocab"] == {tok: i for i, tok in enumerate(vocab)}
+    assert cfg["vocab_size"] == len(vocab)
+    ids = make_vocab.special_ids(vocab)
+    added = {t["content"]: t["id"] for t in tj["added_tokens"]}
+    assert added == ids
+
+    # the int8 graph is plain ONNX, and the golden outputs reproduce with onnxruntime
+    census = q.check_int8_graph(d / "model.onnx")
+    assert census["MatMulInteger"] >= 13
+    v = m["verification"]
+    assert v["max_abs_err_exact_int8_vs_fp32"] <= v["bound"]
+    tok = q.WordPieceTokenizer(d / "tokenizer.json")
+    sess = q.make_session(d / "model.onnx")
+    assert 3 <= len(m["golden"]) <= 5
+    for g in m["golden"]:
+        assert g["input_ids"] == tok.encode(g["text"])
+        got = q.reduce_output(task, q.run(sess, g["input_ids"]))
+        tol = 2e-6 if onnxruntime.__version__ == m["tools"]["onnxruntime"] else v["bound"]
+        if task == "embed":
+            for k in ("cls", "mean"):
+                np.testing.assert_allclose(got[k], g["ort_int8"][k], atol=tol)
+                np.testing.assert_allclose(g["ort_int8"][k], g["ort_fp32"][k], atol=v["bound"])
+        else:
+            np.testing.assert_allclose(got, g["ort_int8"], atol=tol)
+            np.testing.assert_allclose(g["ort_int8"], g["ort_fp32"], atol=v["bound"])
+
+
+def test_demo_tokenizer_handles_mixed_text():
+    tok = q.WordPieceTokenizer(DEMO / "tagger" / "tokenizer.json")
+    vocab = json.loads((DEMO / "tagger" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    inv = {i: t for t, i in vocab.items()}
+    toks = [inv[i] for i in tok.encode("Hello，ＡＢＣ世界 2024年😀")]
+    assert toks == ["[CLS]", "hello", "，", "ａ", "##ｂ", "##ｃ", "世", "界", "2024", "年", "[UNK]", "[SEP]"]
+
+
+def test_hub_failure_is_one_clear_message(tmp_path):
+    """Needs transformers (models/requirements.txt); skipped in CI where only the light set is installed."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, str(MODELS / "export.py"), "hfl/chinese-electra-small-discriminator", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 2
+    assert "hfl/chinese-electra-small-discriminator" in r.stderr and "--random-init" in r.stderr
+    assert "Traceback" not in r.stderr
