@@ -1,0 +1,427 @@
+//! systemd integration without systemd: real sockets, real environment variables, real child
+//! processes; no mocks.
+//!
+//! - sd_notify: a `UnixDatagram` bound in a temp dir (and an abstract one) stands in for
+//!   systemd's notification socket; `NOTIFY_SOCKET` points at it.
+//! - Socket activation: this test binary re-runs itself as a child with a listening socket at
+//!   fd 3 and `LISTEN_FDS`/`LISTEN_PID` set, once through `python3` (bind, listen, `dup2` to 3,
+//!   `exec`) and once through systemd's own `systemd-socket-activate` tool when installed.
+//!   Under qemu-user (no binfmt), set `ELECTRA_EDGE_TEST_RUNNER="qemu-aarch64 -L ..."` so the
+//!   child is started through it (`.ci/aarch64.sh` does).
+//! - `cross/install.sh` into a temp prefix, and `cross/verify-units.sh`.
+//!
+//! Tests that change the environment hold `ENV_LOCK` (tests run in parallel threads).
+
+use electra_edge::systemd;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+    ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh temp dir (short path: Unix socket paths are limited to 107 bytes).
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ee-sd-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn recv(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("notification datagram");
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The command prefix to start a copy of this test binary (a qemu-user runner, or nothing).
+fn runner() -> Vec<String> {
+    std::env::var("ELECTRA_EDGE_TEST_RUNNER")
+        .map(|r| r.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+// ------------------------------------------------------------------------------------------
+// sd_notify
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn notify_messages_reach_a_path_socket() {
+    let _g = env_lock();
+    let dir = tempdir("notify");
+    let path = dir.join("notify.sock");
+    let rx = UnixDatagram::bind(&path).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+
+    std::env::set_var("NOTIFY_SOCKET", &path);
+    assert!(systemd::status("loading model").unwrap());
+    assert!(systemd::ready().unwrap());
+    assert!(systemd::status("serving\n2 workers").unwrap());
+    assert!(systemd::watchdog_ping().unwrap());
+    assert!(systemd::extend_timeout(Duration::from_secs(5)).unwrap());
+    assert!(systemd::stopping().unwrap());
+    assert!(systemd::notify("STATUS=a\nERRNO=0").unwrap());
+    std::env::remove_var("NOTIFY_SOCKET");
+
+    assert_eq!(recv(&rx), "STATUS=loading model");
+    assert_eq!(recv(&rx), "READY=1");
+    assert_eq!(recv(&rx), "STATUS=serving 2 workers");
+    assert_eq!(recv(&rx), "WATCHDOG=1");
+    assert_eq!(recv(&rx), "EXTEND_TIMEOUT_USEC=5000000");
+    assert_eq!(recv(&rx), "STOPPING=1");
+    assert_eq!(recv(&rx), "STATUS=a\nERRNO=0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn notify_messages_reach_an_abstract_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let _g = env_lock();
+    let name = format!("electra-edge-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let rx = UnixDatagram::bind_addr(&addr).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::env::set_var("NOTIFY_SOCKET", format!("@{name}"));
+    let sent = systemd::ready();
+    std::env::remove_var("NOTIFY_SOCKET");
+    assert!(sent.unwrap());
+    assert_eq!(recv(&rx), "READY=1");
+}
+
+#[test]
+fn notify_without_systemd_is_a_noop() {
+    let _g = env_lock();
+    std::env::remove_var("NOTIFY_SOCKET");
+    assert!(!systemd::ready().unwrap());
+    assert!(!systemd::status("x").unwrap());
+    assert!(!systemd::stopping().unwrap());
+    assert!(!systemd::watchdog_ping().unwrap());
+    std::env::set_var("NOTIFY_SOCKET", "");
+    assert!(!systemd::ready().unwrap());
+    std::env::remove_var("NOTIFY_SOCKET");
+    std::env::remove_var("WATCHDOG_USEC");
+    assert_eq!(systemd::watchdog_interval(), None);
+    assert!(!systemd::Watchdog::from_env().is_enabled());
+}
+
+#[test]
+fn notify_to_a_missing_socket_is_an_error() {
+    let _g = env_lock();
+    let dir = tempdir("missing");
+    std::env::set_var("NOTIFY_SOCKET", dir.join("nobody-listens.sock"));
+    let r = systemd::ready();
+    std::env::remove_var("NOTIFY_SOCKET");
+    assert!(r.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ------------------------------------------------------------------------------------------
+// Watchdog
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn watchdog_from_env_pings_the_notify_socket() {
+    let _g = env_lock();
+    let dir = tempdir("wdenv");
+    let path = dir.join("notify.sock");
+    let rx = UnixDatagram::bind(&path).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+
+    std::env::set_var("NOTIFY_SOCKET", &path);
+    // Meant for another process: no watchdog.
+    std::env::set_var("WATCHDOG_USEC", "60000");
+    std::env::set_var("WATCHDOG_PID", "1");
+    assert_eq!(systemd::watchdog_interval(), None);
+    assert!(!systemd::Watchdog::from_env().is_enabled());
+    // Meant for us: 60 ms interval, pings every 30 ms.
+    std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
+    assert_eq!(systemd::watchdog_interval(), Some(Duration::from_millis(60)));
+    let wd = systemd::Watchdog::from_env();
+    std::env::remove_var("WATCHDOG_PID");
+    assert_eq!(systemd::watchdog_interval(), Some(Duration::from_millis(60)), "WATCHDOG_PID optional");
+    for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC"] {
+        std::env::remove_var(k);
+    }
+    assert!(wd.is_enabled());
+    {
+        let _busy = wd.busy();
+        wd.ping();
+        assert_eq!(recv(&rx), "WATCHDOG=1");
+    }
+    assert_eq!(recv(&rx), "WATCHDOG=1");
+    assert!(wd.pings_sent() >= 1); // the 2nd send may not be counted yet
+    drop(wd); // the timer thread exits on its own
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ------------------------------------------------------------------------------------------
+// Socket activation
+// ------------------------------------------------------------------------------------------
+
+/// Not a test on its own: the body of the child process started by the activation tests.
+/// It does nothing unless `EE_SD_CHILD` is set.
+#[test]
+fn socket_activation_child() {
+    let Ok(mode) = std::env::var("EE_SD_CHILD") else { return };
+    let expect_name = std::env::var("EE_SD_CHILD_NAME").ok();
+    assert!(std::env::var("LISTEN_FDS").is_ok(), "launcher set LISTEN_FDS");
+    let listener = match mode.as_str() {
+        "listener" => systemd::listener_from_env().unwrap().expect("a passed socket"),
+        "names" => {
+            let mut fds = systemd::listen_fds_with_names().unwrap();
+            assert_eq!(fds.len(), 1);
+            let (fd, name) = fds.pop().unwrap();
+            if let Some(expect) = expect_name {
+                assert_eq!(name, expect);
+            }
+            systemd::check_unix_stream_listener(fd).unwrap()
+        }
+        other => panic!("unknown EE_SD_CHILD mode {other}"),
+    };
+    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        assert!(std::env::var_os(k).is_none(), "{k} removed from the environment");
+    }
+    // Close-on-exec is set on what we hold now.
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", listener.as_raw_fd())).unwrap();
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
+    assert_ne!(u32::from_str_radix(flags, 8).unwrap() & 0o2000000, 0, "O_CLOEXEC set");
+    // Serve one line.
+    let (stream, _) = listener.accept().unwrap();
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    (&stream).write_all(format!("ok {} {}", mode, line).as_bytes()).unwrap();
+}
+
+/// Connect to `path` (retrying while the child starts), send one line, return the reply and
+/// wait for the child to exit successfully.
+fn talk_to_child(mut child: std::process::Child, path: &Path, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        match UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(e) => {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut err = String::new();
+                    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                    panic!("child exited early ({status}): {err}");
+                }
+                assert!(Instant::now() < deadline, "could not connect to {}: {e}", path.display());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    (&stream).write_all(line.as_bytes()).unwrap();
+    let mut reply = String::new();
+    (&stream).read_to_string(&mut reply).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed: {}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("1 passed"), "the child test ran: {stdout}");
+    reply
+}
+
+fn child_args() -> Vec<String> {
+    let exe = std::env::current_exe().unwrap();
+    let mut args = runner();
+    args.push(exe.to_string_lossy().into_owned());
+    args.extend(["--exact", "socket_activation_child", "--nocapture", "--test-threads=1"].map(String::from));
+    args
+}
+
+/// python3 plays systemd: bind + listen, `dup2` onto fd 3, set `LISTEN_PID` to its own pid
+/// (kept across `exec`), `LISTEN_FDS=1`, then `exec` this test binary.
+#[test]
+fn socket_activation_via_exec_with_fd_3() {
+    if !have("python3") {
+        eprintln!("SKIP socket_activation_via_exec_with_fd_3: python3 not installed");
+        return;
+    }
+    let dir = tempdir("act-py");
+    let path = dir.join("svc.sock");
+    let script = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(16)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)  # dup2(3, 3) would leave close-on-exec set
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = "1"
+os.environ.pop("LISTEN_FDNAMES", None)
+os.execvp(sys.argv[2], sys.argv[2:])
+"#;
+    let child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .args(child_args())
+        .env("EE_SD_CHILD", "listener")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reply = talk_to_child(child, &path, "hello\n");
+    assert_eq!(reply, "ok listener hello\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// systemd's own launcher, `systemd-socket-activate` (no systemd instance needed).
+#[test]
+fn socket_activation_via_systemd_socket_activate() {
+    if !have("systemd-socket-activate") {
+        eprintln!("SKIP socket_activation_via_systemd_socket_activate: systemd-socket-activate not installed");
+        return;
+    }
+    let dir = tempdir("act-sd");
+    let path = dir.join("svc.sock");
+    let child = Command::new("systemd-socket-activate")
+        .arg("--listen")
+        .arg(&path)
+        .args(["--fdname=api", "-E", "EE_SD_CHILD=names", "-E", "EE_SD_CHILD_NAME=api"])
+        .args(child_args())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reply = talk_to_child(child, &path, "你好\n");
+    assert_eq!(reply, "ok names 你好\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn listen_env_for_another_pid_is_ignored_and_removed() {
+    let _g = env_lock();
+    std::env::set_var("LISTEN_PID", "1");
+    std::env::set_var("LISTEN_FDS", "1");
+    std::env::set_var("LISTEN_FDNAMES", "x");
+    assert!(systemd::listener_from_env().unwrap().is_none());
+    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        assert!(std::env::var_os(k).is_none(), "{k} removed");
+    }
+    // Nothing set: nothing passed.
+    assert!(systemd::listen_fds().unwrap().is_empty());
+    assert!(systemd::listener_from_env().unwrap().is_none());
+}
+
+// ------------------------------------------------------------------------------------------
+// cross/install.sh and cross/verify-units.sh
+// ------------------------------------------------------------------------------------------
+
+fn install(args: &[&str], destdir: Option<&Path>) -> std::process::Output {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("cross/install.sh")).args(args);
+    cmd.env_remove("DESTDIR");
+    if let Some(d) = destdir {
+        cmd.env("DESTDIR", d);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn install_sh_into_a_temp_prefix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir("install");
+    let bin = dir.join("electra-edge-dummy");
+    std::fs::write(&bin, "#!/bin/sh\necho dummy\n").unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let model = dir.join("model-src");
+    std::fs::create_dir_all(model.join("golden")).unwrap();
+    std::fs::write(model.join("config.json"), "{}").unwrap();
+    std::fs::write(model.join("golden/out.json"), "[]").unwrap();
+    std::fs::set_permissions(model.join("config.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let prefix = dir.join("prefix");
+    let out = install(
+        &["--binary", bin.to_str().unwrap(), "--model", model.to_str().unwrap(), prefix.to_str().unwrap()],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let installed_bin = prefix.join("usr/local/bin/electra-edge");
+    assert_eq!(std::fs::read(&installed_bin).unwrap(), std::fs::read(&bin).unwrap());
+    assert_eq!(mode(&installed_bin), 0o755);
+    let model_dir = prefix.join("usr/local/share/electra-edge/model");
+    assert_eq!(std::fs::read_to_string(model_dir.join("golden/out.json")).unwrap(), "[]");
+    assert_eq!(mode(&model_dir.join("config.json")), 0o644, "model readable by the dynamic user");
+    assert_eq!(mode(&model_dir.join("golden")), 0o755);
+
+    let units = prefix.join("etc/systemd/system");
+    let service = std::fs::read_to_string(units.join("electra-edge.service")).unwrap();
+    let socket = std::fs::read_to_string(units.join("electra-edge.socket")).unwrap();
+    let p = prefix.to_str().unwrap();
+    assert!(
+        service.contains(&format!("\nExecStart={p}/usr/local/bin/electra-edge serve --model {p}/usr/local/share/electra-edge/model\n")),
+        "{service}"
+    );
+    assert!(service.contains(&format!("\nReadOnlyPaths={p}/usr/local/share/electra-edge/model\n")));
+    assert!(!service.contains("=/usr/local/"), "every /usr/local path rewritten");
+    for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec=", "Restart=on-failure", "DynamicUser=yes",
+        "ProtectSystem=strict", "ProtectHome=yes", "NoNewPrivileges=yes", "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_UNIX", "MemoryMax=", "Environment=RUST_LOG=info"]
+    {
+        assert!(service.lines().any(|l| l.starts_with(line)), "service has {line}");
+    }
+    assert!(socket.contains("\nListenStream=/run/electra-edge/electra-edge.sock\n"));
+    assert!(socket.contains("\nSocketMode=0660\n"));
+    assert_eq!(socket, std::fs::read_to_string(repo_root().join("cross/electra-edge.socket")).unwrap());
+
+    // Installing again (an upgrade) works and is idempotent.
+    let again = install(&["--binary", bin.to_str().unwrap(), p], None);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(std::fs::read_to_string(units.join("electra-edge.service")).unwrap(), service);
+
+    // DESTDIR staging: files under DESTDIR, unit paths as at run time (/usr/local/...).
+    let stage = dir.join("stage");
+    let out = install(&["--binary", bin.to_str().unwrap(), "/"], Some(&stage));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stage.join("usr/local/bin/electra-edge").is_file());
+    let staged = std::fs::read_to_string(stage.join("etc/systemd/system/electra-edge.service")).unwrap();
+    assert_eq!(staged, std::fs::read_to_string(repo_root().join("cross/electra-edge.service")).unwrap());
+
+    // Errors are clear and leave nothing half-done.
+    let out = install(&["--binary", dir.join("nope").to_str().unwrap(), dir.join("p2").to_str().unwrap()], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no binary at"));
+    assert!(!dir.join("p2").exists());
+    let out = install(&["--binary", bin.to_str().unwrap(), dir.join("with space").to_str().unwrap()], None);
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn verify_units_sh_passes() {
+    if !have("systemd-analyze") {
+        eprintln!("SKIP verify_units_sh_passes: systemd-analyze not installed");
+        return;
+    }
+    let out = Command::new("bash").arg(repo_root().join("cross/verify-units.sh")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
