@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Build the test suite once for aarch64 (release) and run it under qemu-user twice:
+#   -cpu cortex-a72   Raspberry Pi 4: ARMv8.0, NEON, no dotprod
+#   -cpu max          every feature qemu emulates (dotprod, i8mm, SVE...)
+# then print the stripped size of the aarch64 release binary.
+#
+#   bash .ci/aarch64.sh [TEST-ARGS...]
+#
+# TEST-ARGS go to every test binary (libtest filters/options), e.g. `int8`, `--skip slow`,
+# `systemd`. Tests run with the repository root as working directory (they read
+# ../shared/fixtures). Installs what a fresh Debian machine lacks, idempotently: the cross gcc
+# and libc, qemu-user, and the rustup target.
+#
+# Env: AARCH64_CPUS (default "cortex-a72 max"), ELECTRA_EDGE_SIZE_GOAL_MB (default 10; the
+# size is reported, and only fails the run when AARCH64_ENFORCE_SIZE=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$(pwd)"
+target=aarch64-unknown-linux-gnu
+sysroot=/usr/aarch64-linux-gnu
+cpus="${AARCH64_CPUS:-cortex-a72 max}"
+t0=$(date +%s)
+phase_start=$t0
+current=""
+phase() { # end the current phase (with its duration), start the next
+    local now; now=$(date +%s)
+    [ -z "$current" ] || echo "== aarch64: $current: $((now - phase_start))s"
+    current="$1"
+    phase_start=$now
+    [ "$1" = done ] && echo "== aarch64: total $((now - t0))s" || echo "== aarch64: $1"
+}
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+phase "tools"
+missing=()
+command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu)
+[ -e "$sysroot/lib/libc.so" ] || [ -e "$sysroot/lib/libc.so.6" ] || missing+=(libc6-dev-arm64-cross)
+command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! rustup target list --installed | grep -qx "$target"; then
+    rustup target add "$target"
+fi
+aarch64-linux-gnu-gcc --version | head -n1
+qemu-aarch64 --version | head -n1
+cargo --version
+
+phase "build (cargo test --release --target $target --no-run)"
+json="$(mktemp)"
+trap 'rm -f "$json"' EXIT
+# One release build: the test executables, and (because integration tests need it) the
+# electra-edge binary itself, with the release profile.
+cargo test --release --target "$target" --no-run --message-format=json-render-diagnostics > "$json"
+mapfile -t tests < <(python3 - "$json" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        print(m["executable"])
+PY
+)
+[ ${#tests[@]} -gt 0 ] || { echo "aarch64: no test executables were built" >&2; exit 1; }
+printf '  %s\n' "${tests[@]#"$repo"/}"
+
+failed=()
+for cpu in $cpus; do
+    phase "tests under qemu-aarch64 -cpu $cpu"
+    runner="qemu-aarch64 -L $sysroot -cpu $cpu"
+    for exe in "${tests[@]}"; do
+        echo "-- ${exe#"$repo"/} (-cpu $cpu)"
+        # ELECTRA_EDGE_TEST_RUNNER: tests that start a copy of themselves go through qemu too.
+        if ! ELECTRA_EDGE_TEST_RUNNER="$runner" $runner "$exe" "$@"; then
+            failed+=("$(basename "$exe") -cpu $cpu")
+        fi
+    done
+done
+
+phase "binary size"
+bin="target/$target/release/electra-edge"
+if [ -f "$bin" ]; then
+    stripped="$(mktemp)"
+    aarch64-linux-gnu-strip -o "$stripped" "$bin"
+    size=$(stat -c %s "$bin")
+    ssize=$(stat -c %s "$stripped")
+    rm -f "$stripped"
+    goal_mb="${ELECTRA_EDGE_SIZE_GOAL_MB:-10}"
+    verdict=$(python3 -c "print('within' if $ssize <= $goal_mb*1024*1024 else 'OVER')")
+    python3 -c "print(f'aarch64 electra-edge: {$size/2**20:.2f} MiB as built, {$ssize/2**20:.2f} MiB stripped ($ssize bytes); goal <= $goal_mb MiB: $verdict')"
+    if [ "$verdict" = OVER ] && [ "${AARCH64_ENFORCE_SIZE:-0}" = 1 ]; then
+        failed+=("binary size")
+    fi
+else
+    echo "aarch64: $bin was not built" >&2
+    failed+=("binary missing")
+fi
+
+phase "done"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "aarch64: FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "aarch64: all test binaries passed under: $cpus"
