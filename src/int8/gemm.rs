@@ -83,7 +83,6 @@ pub(crate) fn pack_a(a: &[u8], m: usize, k: usize, za: u8, mr: usize, fmt: AForm
             }
             PackedA {
                 buf: ABuf::I16(buf),
-                mr,
                 rowsum,
                 block_bytes: per_block * 2,
             }
@@ -106,7 +105,6 @@ pub(crate) fn pack_a(a: &[u8], m: usize, k: usize, za: u8, mr: usize, fmt: AForm
             }
             PackedA {
                 buf: ABuf::I8(buf),
-                mr,
                 rowsum,
                 block_bytes: per_block,
             }
