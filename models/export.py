@@ -53,6 +53,21 @@ def quiet_transformers():
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "20")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """A quick TCP probe of the hub endpoint, so an unreachable hub fails in seconds, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def import_torch():
@@ -69,6 +84,12 @@ def import_torch():
 
 def load_model(args, task: str | None):
     """Returns (model, task, tokenizer, source dict)."""
+    hub_down = False
+    if not args.random_init and not Path(args.model).is_dir() and os.environ.get("HF_HUB_OFFLINE") != "1":
+        if not hub_reachable():
+            # Only the local cache can help now; must be set before huggingface_hub is imported.
+            hub_down = True
+            os.environ["HF_HUB_OFFLINE"] = "1"
     torch, transformers = import_torch()
     if args.random_init:
         task = task or "discriminator"
@@ -122,9 +143,10 @@ def load_model(args, task: str | None):
     except Exception as e:  # OSError, huggingface_hub errors, requests/httpx errors ...
         if local:
             raise q.ExportError(f"cannot load the model in {src}: {type(e).__name__}: {e}") from None
+        why = ("the hub is unreachable from this machine (and the model is not in the local cache)" if hub_down
+               else f"{type(e).__name__}: the hub is unreachable or offline, or the id/revision does not exist")
         raise q.ExportError(
-            f"cannot load '{src}' from the Hugging Face hub ({type(e).__name__}). The hub is unreachable"
-            " from here or the id/revision does not exist. Download the model on a machine with internet"
+            f"cannot load '{src}' from the Hugging Face hub: {why}. Download the model on a machine with internet"
             " and pass its local directory, or use --random-init (with --vocab FILE or the generated vocab)."
         ) from None
     model.config.architectures = [TASK_CLASS[task]]
@@ -183,11 +205,23 @@ def torch_check(model, task: str, fp32_path: Path, tokenizer) -> float:
     return worst
 
 
-def save_tokenizer(tokenizer, out: Path) -> tuple[Path, Path]:
+def save_tokenizer(tokenizer, out: Path, max_len: int) -> tuple[Path, Path]:
+    """tokenizer.json + tokenizer_config.json, truncating at the model's max positions (as the fixtures)."""
     tokenizer.save_pretrained(str(out))
     tj, tc = out / "tokenizer.json", out / "tokenizer_config.json"
     if not tj.is_file():
         raise q.ExportError("the tokenizer has no fast (tokenizers) form; cannot write tokenizer.json")
+    spec = json.loads(tj.read_text(encoding="utf-8"))
+    trunc = spec.get("truncation")
+    if not trunc or trunc.get("max_length", max_len) > max_len:
+        spec["truncation"] = {"direction": "Right", "max_length": max_len, "strategy": "LongestFirst", "stride": 0}
+        q.write_json(tj, spec, compact=True)
+    if tc.is_file():
+        cfg = json.loads(tc.read_text(encoding="utf-8"))
+        if int(cfg.get("model_max_length", max_len)) > max_len:
+            cfg["model_max_length"] = max_len
+        cfg.pop("name_or_path", None)
+        q.write_json(tc, cfg)
     return tj, tc
 
 
@@ -252,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             model.config.save_pretrained(str(tmp))
             config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
             config.pop("_name_or_path", None)
-            tj, tc = save_tokenizer(tokenizer, tmp / "tok")
+            tj, tc = save_tokenizer(tokenizer, tmp / "tok", int(config.get("max_position_embeddings", 512)))
 
             # The runtime re-implements this tokenizer; make sure our reference agrees with HF.
             ref = q.WordPieceTokenizer(tj)

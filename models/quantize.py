@@ -638,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("paths", nargs="+", metavar="PATH", help="FP32_ONNX OUT_DIR, or with --check: DIR")
     ap.add_argument("--check", action="store_true", help="check DIR's files against its manifest.json")
+    ap.add_argument("--ops", action="store_true", help="print the op census of each ONNX file given")
     ap.add_argument("--task", choices=TASKS, help="default: from config.json architectures / output shape")
     ap.add_argument("--tokenizer-dir", help="folder with tokenizer.json (+ tokenizer_config.json); default: FP32's folder")
     ap.add_argument("--config", help="config.json to copy (default: FP32's folder)")
@@ -647,6 +648,18 @@ def main(argv: list[str] | None = None) -> int:
     add_quant_args(ap)
     args = ap.parse_args(argv)
     try:
+        if args.ops:
+            import onnx
+
+            for p in args.paths:
+                try:
+                    census = op_census(onnx.load(p))
+                except Exception as e:
+                    raise ExportError(f"{p}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+                print(f"{p}: {sum(census.values())} nodes")
+                for op, n in sorted(census.items()):
+                    print(f"  {op:24s} {n}")
+            return 0
         if args.check:
             if len(args.paths) != 1:
                 ap.error("--check takes one DIR")
