@@ -13,7 +13,8 @@ Layout (ids are positions in the list, one token per line in vocab.txt):
 * the full-width forms U+FF01..U+FF5E, with ``##`` continuations for the full-width letters and
   digits (the Bert normalizer does not fold full-width to ASCII);
 * common CJK and general punctuation (U+3000..U+303F, curly quotes, dashes, ellipsis, middle dot,
-  CJK compatibility forms);
+  CJK compatibility forms), and common symbols (currency incl. the full-width U+FFE0..U+FFE6,
+  degrees, arithmetic, arrows) with ``##`` forms;
 * Hiragana and Katakana;
 * the whole CJK Unified Ideographs block U+4E00..U+9FFF, one piece per ideograph (the
   BertNormalizer puts spaces around every ideograph, so no ``##`` forms are needed).
@@ -52,6 +53,9 @@ DIGIT_GROUPS = [f"{i:02d}" for i in range(100)] + [str(y) for y in range(1990, 2
 ]
 
 CJK_PUNCT_EXTRA = "“”‘’…—–·•‧﹏︰︱︳︴︵︶︷︸︹︺︻︼︽︾︿﹀﹁﹂﹃﹄"
+# Symbols are not punctuation for the BertPreTokenizer, so they stick to neighbouring letters
+# and digits ("￥128", "30℃"): they get "##" forms too.
+SYMBOLS = "¥€£¢°±×÷§©®™←↑→↓√∞≈≠≤≥℃‰№★☆○●◎◇◆□■△▲※" + "".join(chr(c) for c in range(0xFFE0, 0xFFE7))
 
 
 def build_vocab() -> list[str]:
@@ -74,6 +78,8 @@ def build_vocab() -> list[str]:
 
     vocab += [chr(c) for c in range(0x3000 + 1, 0x3040)]  # CJK symbols & punctuation (no U+3000 space)
     vocab += list(CJK_PUNCT_EXTRA)
+    vocab += list(SYMBOLS)
+    vocab += ["##" + c for c in SYMBOLS]
     vocab += [chr(c) for c in range(0x3041, 0x3097)]  # Hiragana
     vocab += [chr(c) for c in range(0x30A1, 0x30FB)]  # Katakana
     vocab += [chr(c) for c in range(0x4E00, 0xA000)]  # CJK Unified Ideographs

@@ -50,6 +50,9 @@ def test_demo_folder(folder):
     assert census["MatMulInteger"] >= 13
     v = m["verification"]
     assert v["max_abs_err_exact_int8_vs_fp32"] <= v["bound"]
+    # uint8 weights: onnxruntime's int8 numbers are exact integer arithmetic on any CPU
+    assert m["quantization"] == {"per_channel": False, "weight_type": "uint8"}
+    assert v["max_abs_err_int8_vs_fp32"] == pytest.approx(v["max_abs_err_exact_int8_vs_fp32"], abs=2e-5)
     tok = q.WordPieceTokenizer(d / "tokenizer.json")
     sess = q.make_session(d / "model.onnx")
     assert 3 <= len(m["golden"]) <= 5
@@ -88,3 +91,32 @@ def test_hub_failure_is_one_clear_message(tmp_path):
     assert r.returncode == 2
     assert "hfl/chinese-electra-small-discriminator" in r.stderr and "--random-init" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_full_export_reproduces_a_demo_model(tmp_path):
+    """Needs torch + transformers: the random-init export is reproducible byte for byte."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    out = tmp_path / "tagger"
+    r = subprocess.run(
+        [sys.executable, str(MODELS / "export.py"), "--random-init", "--tiny", "--seed", "0", "--task", "tag",
+         "--weight-type", "uint8", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM WEIGHTS" in r.stdout and "fp32 export check" in r.stdout
+    m = q.check_folder(out)
+    assert m["source"] == {"model": "random-init:electra-tiny-zh:tag", "revision": "seed=0", "random_weights": True}
+    assert "model.fp32.onnx" in m["files"]
+    model = onnx.load(str(out / "model.fp32.onnx"))
+    assert model.opset_import[0].version == 17
+    assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", "sequence"]
+    demo = json.loads((DEMO / "tagger" / "manifest.json").read_text(encoding="utf-8"))
+    if (m["tools"]["torch"], m["tools"]["transformers"], m["tools"]["onnxruntime"]) == (
+            demo["tools"]["torch"], demo["tools"]["transformers"], demo["tools"]["onnxruntime"]):
+        for name in ("model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json"):
+            assert m["files"][name] == demo["files"][name], name
+        assert m["golden"] == demo["golden"]

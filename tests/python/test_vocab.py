@@ -24,6 +24,8 @@ def test_required_ranges():
         assert "##" + ch in vocab
     for ch in "。，、；：？！“”‘’（）《》「」『』【】…—·":
         assert ch in vocab, f"punctuation {ch!r} missing"
+    for ch in "￥¥€£℃°":
+        assert ch in vocab and "##" + ch in vocab
     assert "hello" in vocab and "##ing" in vocab and "2024" in vocab
 
 
