@@ -1,6 +1,6 @@
 //! Throughput of the int8 kernels vs a plain f32 baseline, in GMAC/s.
 //!
-//! `cargo bench --bench int8_kernels [-- --threads N] [--kernels scalar,avx2,...] [--quick]`
+//! `cargo bench --bench int8_kernels [-- --threads N] [--kernels scalar,avx2,...] [--quick] [--wall]`
 //!
 //! Columns per shape (M x K x N):
 //! - `gemm`: `qgemm_f32` on already quantized activations (A packing, integer GEMM, epilogue);
@@ -28,18 +28,47 @@ impl XorShift {
     }
 }
 
-/// Median seconds per call: batches until `budget` is spent (at least 5 calls).
-fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
+#[cfg(target_os = "linux")]
+mod cputime {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    /// CPU time of the calling thread (Linux `CLOCK_THREAD_CPUTIME_ID`), in seconds.
+    pub fn thread() -> Option<f64> {
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        (unsafe { clock_gettime(3, &mut ts) } == 0).then(|| ts.sec as f64 + ts.nsec as f64 * 1e-9)
+    }
+}
+#[cfg(not(target_os = "linux"))]
+mod cputime {
+    pub fn thread() -> Option<f64> {
+        None
+    }
+}
+
+/// Best (minimum) seconds per call over calls until `budget` is spent (at least 5 calls): the
+/// host is shared, the minimum is the most stable statistic. With `cpu`, the calling thread's
+/// CPU time rather than wall time (not counting time the thread was descheduled: only
+/// meaningful for one thread).
+fn time(budget: Duration, cpu: bool, mut f: impl FnMut()) -> f64 {
     f();
     let mut samples = Vec::new();
     let start = Instant::now();
+    let clock = || if cpu { cputime::thread() } else { None };
     while samples.len() < 5 || (start.elapsed() < budget && samples.len() < 10_000) {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), clock());
         f();
-        samples.push(t.elapsed().as_secs_f64());
+        samples.push(match (c, clock()) {
+            (Some(c0), Some(c1)) => c1 - c0,
+            _ => t.elapsed().as_secs_f64(),
+        });
     }
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    samples[samples.len() / 2]
+    samples.iter().cloned().fold(f64::MAX, f64::min)
 }
 
 /// `y = x * w` f32, `x [M,K]`, `w [K,N]`: 4 rows x 16 columns blocks, k inner.
@@ -106,6 +135,8 @@ fn main() {
         Some(list) => list.split(',').filter_map(Kernel::parse).filter(|k| k.is_available()).collect(),
         None => Kernel::ALL.into_iter().filter(|k| k.is_available()).collect(),
     };
+    // one thread: CPU time of this thread (robust on a busy host); more: wall time
+    let cpu = threads == 1 && !args.iter().any(|a| a == "--wall");
     let budget = Duration::from_millis(if quick { 60 } else { 300 });
     let mut shapes = vec![];
     for m in [8, 32, 128, 512] {
@@ -114,7 +145,11 @@ fn main() {
         }
         shapes.push((m, 1024, 256));
     }
-    println!("int8 kernels vs f32, threads = {threads}, default kernel = {}", Kernel::default_choice());
+    println!(
+        "int8 kernels vs f32, threads = {threads}, default kernel = {}, timing = {}",
+        Kernel::default_choice(),
+        if cpu { "thread CPU time, best of" } else { "wall time, best of" }
+    );
     println!("{:>16} {:>8} {:>10} {:>10} {:>10} {:>10}", "M x K x N", "kernel", "gemm GMAC/s", "op GMAC/s", "op us", "f32 GMAC/s");
     let mut rng = XorShift(0x2545F4914F6CDD1D);
     for (m, k, n) in shapes {
@@ -126,17 +161,17 @@ fn main() {
         let sw = vec![0.05f32 / 127.0; n];
         let bias = vec![0.01f32; n];
         let mut y = vec![0f32; m * n];
-        let tf = time(budget, || f32_matmul(black_box(&x), black_box(&wf), &mut y, m, k, n));
+        let tf = time(budget, cpu, || f32_matmul(black_box(&x), black_box(&wf), &mut y, m, k, n));
         for &kernel in &kernels {
             if kernel == Kernel::Scalar && macs > 40e6 && !args.iter().any(|a| a == "--scalar-all") {
                 continue;
             }
             let mut q = vec![0u8; m * k];
             let p = electra_edge::int8::dynamic_quantize_linear_with(kernel, &x, &mut q);
-            let tg = time(budget, || {
+            let tg = time(budget, cpu, || {
                 qgemm_f32(kernel, black_box(&q), m, p.zero_point, p.scale, &packed, &sw, Some(&bias), &mut y, threads)
             });
-            let to = time(budget, || {
+            let to = time(budget, cpu, || {
                 quantized_matmul_f32(kernel, black_box(&x), m, &packed, &sw, Some(&bias), &mut y, threads);
             });
             println!(

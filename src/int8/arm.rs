@@ -47,7 +47,7 @@ pub(crate) unsafe fn tile_neon(a: *const u8, w: *const u8, kq: usize, out: *mut 
 
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn run_neon(job: &Job, p0: usize, p1: usize) {
-    drive::<4, _>(job, p0, p1, |a, w, kq, o| tile_neon(a, w, kq, o))
+    drive::<4, _>(job, p0, p1, |a, w, kq, o, _| tile_neon(a, w, kq, o))
 }
 
 /// `acc[i] += dot(w[4i..4i+4], a[4L..4L+4])` (SDOT by element).
@@ -100,7 +100,7 @@ pub(crate) unsafe fn tile_dotprod(a: *const u8, w: *const u8, kq: usize, out: *m
 
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn run_dotprod(job: &Job, p0: usize, p1: usize) {
-    drive::<8, _>(job, p0, p1, |a, w, kq, o| tile_dotprod(a, w, kq, o))
+    drive::<8, _>(job, p0, p1, |a, w, kq, o, _| tile_dotprod(a, w, kq, o))
 }
 
 /// Min and max together with 0, NaNs ignored (`fminnm`/`fmaxnm` return the number).

@@ -57,7 +57,8 @@ pub(crate) fn config(kernel: Kernel) -> (usize, AFormat) {
 }
 
 /// Packs u8 activations `[M, K]` (row-major) for a kernel.
-pub(crate) fn pack_a(a: &[u8], m: usize, k: usize, za: u8, mr: usize, fmt: AFormat) -> PackedA {
+pub(crate) fn pack_a(kernel: Kernel, a: &[u8], m: usize, k: usize, za: u8) -> PackedA {
+    let (mr, fmt) = config(kernel);
     assert_eq!(a.len(), m * k);
     let kq = k.div_ceil(4);
     let blocks = m.div_ceil(mr);
@@ -69,23 +70,16 @@ pub(crate) fn pack_a(a: &[u8], m: usize, k: usize, za: u8, mr: usize, fmt: AForm
             let mut buf = vec![0i16; blocks * per_block];
             for row in 0..m {
                 let (b, r) = (row / mr, row % mr);
-                let dst = &mut buf[b * per_block..(b + 1) * per_block];
+                let dst = &mut buf[b * per_block + r * 4..(b + 1) * per_block];
                 let src = &a[row * k..(row + 1) * k];
-                let mut s = 0i32;
-                for (q, chunk) in src.chunks(4).enumerate() {
-                    let d = &mut dst[(q * mr + r) * 4..(q * mr + r) * 4 + 4];
-                    for (d, &x) in d.iter_mut().zip(chunk) {
-                        *d = x as i16 - za as i16;
-                        s += x as i32;
-                    }
-                }
+                let s = match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => unsafe { super::x86::pack_row_i16_avx2(src, dst, mr * 4, za) },
+                    _ => pack_row_i16(src, dst, mr * 4, za),
+                };
                 rowsum[row] = s - kza;
             }
-            PackedA {
-                buf: ABuf::I16(buf),
-                rowsum,
-                block_bytes: per_block * 2,
-            }
+            PackedA { buf: ABuf::I16(buf), rowsum, block_bytes: per_block * 2 }
         }
         AFormat::I8Shifted => {
             let mut buf = vec![0i8; blocks * per_block];
@@ -103,13 +97,23 @@ pub(crate) fn pack_a(a: &[u8], m: usize, k: usize, za: u8, mr: usize, fmt: AForm
                 }
                 rowsum[row] = s - kza;
             }
-            PackedA {
-                buf: ABuf::I8(buf),
-                rowsum,
-                block_bytes: per_block,
-            }
+            PackedA { buf: ABuf::I8(buf), rowsum, block_bytes: per_block }
         }
     }
+}
+
+/// One row into the i16 `a - za` layout: k-quad `q` of the row goes to `dst[q * stride..][..4]`.
+/// Returns the sum of the row's u8 values.
+pub(crate) fn pack_row_i16(src: &[u8], dst: &mut [i16], stride: usize, za: u8) -> i32 {
+    let mut s = 0i32;
+    for (q, chunk) in src.chunks(4).enumerate() {
+        let d = &mut dst[q * stride..q * stride + chunk.len()];
+        for (d, &x) in d.iter_mut().zip(chunk) {
+            *d = x as i16 - za as i16;
+            s += x as i32;
+        }
+    }
+    s
 }
 
 #[derive(Clone, Copy)]
@@ -143,44 +147,44 @@ pub(crate) struct Job<'a> {
 unsafe impl Send for Job<'_> {}
 unsafe impl Sync for Job<'_> {}
 
-/// Rows of A per L2 block (packed A of a block should stay in L2 while the panels stream).
-fn rows_per_chunk(mr: usize, kq: usize, abytes: usize) -> usize {
-    let budget = 128 * 1024;
-    let per_row = kq * 4 * abytes;
-    let rows = (budget / per_row.max(1)).max(mr);
-    rows / mr * mr
+/// Panels of W per L2 block (the block stays in L2 while the row blocks of A, each small
+/// enough for L1, go over it).
+fn panels_per_chunk(kq: usize) -> usize {
+    let budget = 192 * 1024;
+    (budget / (kq * QUAD_BYTES).max(1)).max(1)
 }
 
-/// The generic driver over column panels `[p0, p1)`; `tile(a, w, kq, out)` writes the raw
-/// `MR x 8` sums row-major into `out`. Inlined into each kernel's `target_feature` wrapper so
-/// that the epilogue is compiled for that kernel's features.
+/// The generic driver over column panels `[p0, p1)`; `tile(a, w, kq, out, rows)` writes the
+/// raw `MR x 8` sums row-major into `out` (only the first `rows` rows need to be computed).
+/// Inlined into each kernel's `target_feature` wrapper so that the epilogue is compiled for
+/// that kernel's features. Loop order: W chunk (L2) / row block (L1) / panel, so each row
+/// block's output is written in contiguous runs.
 #[inline(always)]
-pub(crate) unsafe fn drive<const MR: usize, F: Fn(*const u8, *const u8, usize, *mut i32)>(
+pub(crate) unsafe fn drive<const MR: usize, F: Fn(*const u8, *const u8, usize, *mut i32, usize)>(
     job: &Job,
     p0: usize,
     p1: usize,
     tile: F,
 ) {
-    let abytes = job.block_bytes / (job.kq * MR * 4).max(1);
-    let chunk = rows_per_chunk(MR, job.kq, abytes);
+    let chunk = panels_per_chunk(job.kq);
     let mut t = [[0i32; NR]; MR];
-    let mut m0 = 0;
-    while m0 < job.m {
-        let m1 = (m0 + chunk).min(job.m);
-        for p in p0..p1 {
-            let w = job.w.add(p * job.kq * QUAD_BYTES);
-            let n0 = p * NR;
-            let cols = (job.n - n0).min(NR);
-            let mut mb = m0;
-            while mb < m1 {
-                let rows = (job.m - mb).min(MR);
-                let a = job.a.add(mb / MR * job.block_bytes);
-                tile(a, w, job.kq, t.as_mut_ptr() as *mut i32);
+    let mut pc0 = p0;
+    while pc0 < p1 {
+        let pc1 = (pc0 + chunk).min(p1);
+        let mut mb = 0;
+        while mb < job.m {
+            let rows = (job.m - mb).min(MR);
+            let a = job.a.add(mb / MR * job.block_bytes);
+            for p in pc0..pc1 {
+                let w = job.w.add(p * job.kq * QUAD_BYTES);
+                let n0 = p * NR;
+                let cols = (job.n - n0).min(NR);
+                tile(a, w, job.kq, t.as_mut_ptr() as *mut i32, rows);
                 store::<MR>(job, &t, mb, rows, n0, cols);
-                mb += MR;
             }
+            mb += MR;
         }
-        m0 = m1;
+        pc0 = pc1;
     }
 }
 
@@ -258,7 +262,7 @@ pub(crate) unsafe fn tile_scalar(a: *const u8, w: *const u8, kq: usize, out: *mu
 }
 
 unsafe fn run_scalar(job: &Job, p0: usize, p1: usize) {
-    drive::<4, _>(job, p0, p1, |a, w, kq, o| tile_scalar(a, w, kq, o))
+    drive::<4, _>(job, p0, p1, |a, w, kq, o, _| tile_scalar(a, w, kq, o))
 }
 
 fn runner(kernel: Kernel) -> unsafe fn(&Job, usize, usize) {
@@ -311,8 +315,8 @@ fn prepare<'p>(
     w: &'p PackedWeights,
 ) -> (Kernel, PackedA, Vec<i32>) {
     let kernel = Kernel::resolve(Some(kernel));
-    let (mr, fmt) = config(kernel);
-    let pa = pack_a(a, m, w.k(), za, mr, fmt);
+    let (_, fmt) = config(kernel);
+    let pa = pack_a(kernel, a, m, w.k(), za);
     let off = match fmt {
         AFormat::I16MinusZa => 0,
         AFormat::I8Shifted => 128 - za as i32,

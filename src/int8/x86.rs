@@ -16,11 +16,13 @@ use super::quantize::{quantize_one, QuantParams};
 
 const MR: usize = 6;
 
+/// `R <= MR` rows of the tile (the packed A block always has MR rows per k-quad; a short last
+/// block computes only its real rows).
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn tile_avx2(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
+pub(crate) unsafe fn tile_avx2<const R: usize>(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
     let a = a as *const i64;
     let z = _mm256_setzero_si256();
-    let mut acc = [[z; 2]; MR];
+    let mut acc = [[z; 2]; R];
     let mut ap = a;
     let mut wp = w;
     for _ in 0..kq {
@@ -44,7 +46,51 @@ pub(crate) unsafe fn tile_avx2(a: *const u8, w: *const u8, kq: usize, out: *mut 
 
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn run_avx2(job: &Job, p0: usize, p1: usize) {
-    drive::<MR, _>(job, p0, p1, |a, w, kq, o| tile_avx2(a, w, kq, o))
+    drive::<MR, _>(job, p0, p1, |a, w, kq, o, rows| match rows {
+        6 => tile_avx2::<6>(a, w, kq, o),
+        5 => tile_avx2::<5>(a, w, kq, o),
+        4 => tile_avx2::<4>(a, w, kq, o),
+        3 => tile_avx2::<3>(a, w, kq, o),
+        2 => tile_avx2::<2>(a, w, kq, o),
+        _ => tile_avx2::<1>(a, w, kq, o),
+    })
+}
+
+/// [`super::gemm::pack_row_i16`] with AVX2: 16 activations per step (`vpmovzxbw`, minus za,
+/// four 8-byte stores, one per k-quad).
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn pack_row_i16_avx2(src: &[u8], dst: &mut [i16], stride: usize, za: u8) -> i32 {
+    let k = src.len();
+    let kq = k.div_ceil(4);
+    assert!(kq == 0 || dst.len() >= (kq - 1) * stride + 4);
+    let vza = _mm256_set1_epi16(za as i16);
+    let ones = _mm256_set1_epi16(1);
+    let mut sum = _mm256_setzero_si256();
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut kk = 0;
+    while kk + 16 <= k {
+        let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(sp.add(kk) as *const __m128i));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(v, ones));
+        let d = _mm256_sub_epi16(v, vza);
+        let (lo, hi) = (_mm256_castsi256_si128(d), _mm256_extracti128_si256::<1>(d));
+        let q = kk / 4;
+        _mm_storel_epi64(dp.add(q * stride) as *mut __m128i, lo);
+        _mm_storeh_pd(dp.add((q + 1) * stride) as *mut f64, _mm_castsi128_pd(lo));
+        _mm_storel_epi64(dp.add((q + 2) * stride) as *mut __m128i, hi);
+        _mm_storeh_pd(dp.add((q + 3) * stride) as *mut f64, _mm_castsi128_pd(hi));
+        kk += 16;
+    }
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+    let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+    let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
+    let mut s = _mm_cvtsi128_si32(s1);
+    while kk < k {
+        let x = *sp.add(kk);
+        s += x as i32;
+        *dp.add(kk / 4 * stride + kk % 4) = x as i16 - za as i16;
+        kk += 1;
+    }
+    s
 }
 
 #[target_feature(enable = "avx2")]
