@@ -1,0 +1,1 @@
+//! The Unix socket service behind `electra-edge serve` (in progress).
