@@ -138,7 +138,7 @@ def load_model(args, task: str | None):
             task = next((q.ARCH_TO_TASK[a] for a in (config.architectures or []) if a in q.ARCH_TO_TASK),
                         "discriminator")
         cls = getattr(transformers, TASK_CLASS[task])
-        model = cls.from_pretrained(src, **kw)
+        model, info = cls.from_pretrained(src, output_loading_info=True, **kw)
         tokenizer = transformers.AutoTokenizer.from_pretrained(src, **kw)
     except Exception as e:  # OSError, huggingface_hub errors, requests/httpx errors ...
         if local:
@@ -152,7 +152,15 @@ def load_model(args, task: str | None):
     model.config.architectures = [TASK_CLASS[task]]
     revision = None if local else (getattr(config, "_commit_hash", None) or args.revision)
     name = Path(src).name if local else src
-    source = {"model": name, "revision": revision, "random_weights": False}
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        # e.g. --task classify on a discriminator checkpoint: the new head is random.
+        log("=" * 78)
+        log(f"WARNING: {len(missing)} weights are not in the checkpoint and were initialized RANDOMLY"
+            f" ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}). Fine-tune before use;"
+            " the manifest records random_weights = true.")
+        log("=" * 78)
+    source = {"model": name, "revision": revision, "random_weights": bool(missing)}
     return model, task, tokenizer, source
 
 
@@ -227,10 +235,13 @@ def save_tokenizer(tokenizer, out: Path, max_len: int) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
+        usage="%(prog)s [options] MODEL_ID_OR_DIR OUT_DIR\n"
+              "       %(prog)s --random-init [--tiny] [--vocab FILE] [options] OUT_DIR\n"
+              "       %(prog)s --from-onnx FP32_ONNX [options] OUT_DIR",
         description="Export a Chinese ELECTRA model (hub id or local dir) to an electra-edge int8 model folder.",
         epilog="The hub is needed only for a hub id; --random-init and --from-onnx work offline.",
     )
-    ap.add_argument("paths", nargs="+", metavar="MODEL_ID_OR_DIR OUT_DIR",
+    ap.add_argument("paths", nargs="+", metavar="PATH",
                     help="hub id or local directory, then the output folder (only OUT_DIR with --random-init/--from-onnx)")
     ap.add_argument("--task", choices=q.TASKS, help="default: from the config's architectures (discriminator if unknown)")
     ap.add_argument("--revision", default="main", help="hub revision (default main)")
