@@ -26,8 +26,8 @@ import argparse
 import hashlib
 import json
 import logging
-import re
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -278,9 +278,9 @@ def load_fp32(path: Path):
 
 
 def op_census(model) -> Counter:
+    """op_type -> count; ops outside the default ONNX domain are keyed "domain::op_type"."""
     return Counter(
-        (n.domain if n.domain not in ("", "ai.onnx") else "") + ("::" if n.domain not in ("", "ai.onnx") else "") + n.op_type
-        for n in model.graph.node
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node
     )
 
 

@@ -95,8 +95,8 @@ def test_hub_failure_is_one_clear_message(tmp_path):
 
 def test_full_export_reproduces_a_demo_model(tmp_path):
     """Needs torch + transformers: the random-init export is reproducible byte for byte."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     import subprocess
     import sys
 
