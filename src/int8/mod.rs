@@ -24,6 +24,7 @@
 //! argument) overrides it. Threads split the columns (`std::thread::scope`, 1 = no spawning).
 
 mod gemm;
+pub mod op;
 pub mod pack;
 mod quantize;
 
@@ -36,6 +37,7 @@ mod x86;
 mod tests;
 
 pub use gemm::{qgemm_f32, qgemm_i32, quantized_matmul_f32};
+pub use op::{fuse_quantized_matmuls, fuse_quantized_matmuls_with, FuseOptions, QMatMul};
 pub use pack::{pack_weights, PackedWeights};
 pub use quantize::{dynamic_quantize_linear, dynamic_quantize_linear_with, QuantParams};
 

@@ -1,0 +1,437 @@
+//! The fused quantized matmul as a tract op, and the graph rewrite that installs it.
+//!
+//! [`fuse_quantized_matmuls`] runs on the typed model right after `into_typed()` (before
+//! declutter and optimize). It finds what `MatMulInteger` and friends become in tract's typed
+//! graph for onnxruntime's `quantize_dynamic` pattern:
+//!
+//! ```text
+//! x ─ DynamicQuantizeLinearU8 ─┬ q ──────────────────────┐
+//!                              ├ zp ─────────────────────┤
+//!                              └ scale ─ Mul(·, W_scale) ─┼─ (AddAxis…) ─┐
+//! W const ─ (AddAxis…) ─ EinSum(q, W, 0, zp, 1, W_zp, 1, 0, 1; i32) ─ Cast(f32) ─ Mul ─ [Add(bias const)]
+//! ```
+//!
+//! and replaces each chain by one [`QMatMul`] node reading `x` (f32 `[.., K]`) and writing
+//! f32 `[.., N]`. Weights: int8 or uint8, per-tensor or per-column zero point and scale.
+//! Everything else stays tract's. The now unused nodes (and the weight constants, so their
+//! heap copies) are dropped by a final `compact()`.
+
+use std::sync::Arc;
+
+use tract_core::internal::*;
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::cast::Cast;
+use tract_core::ops::change_axes::AxisOp;
+use tract_core::ops::einsum::EinSum;
+
+use super::{pack_weights, quantized_matmul_f32, Kernel, PackedWeights};
+
+/// `y = DynamicQuantizeLinear(x) x W` dequantized, plus bias: the whole quantize_dynamic
+/// MatMul chain in one op. Input f32 `[.., K]`, output f32 `[.., N]`.
+#[derive(Clone, Debug)]
+pub struct QMatMul {
+    pub weights: PackedWeights,
+    /// Weight scales: one (per tensor) or N (per column).
+    pub w_scale: Arc<[f32]>,
+    pub bias: Option<Arc<[f32]>>,
+    /// `None`: [`Kernel::default_choice`] at run time.
+    pub kernel: Option<Kernel>,
+    /// Column split; 1 = on the calling thread.
+    pub threads: usize,
+}
+
+impl PartialEq for QMatMul {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.weights.data().as_ptr(), other.weights.data().as_ptr())
+            && self.w_scale == other.w_scale
+            && self.bias == other.bias
+            && self.kernel == other.kernel
+            && self.threads == other.threads
+    }
+}
+impl Eq for QMatMul {}
+
+impl Op for QMatMul {
+    fn name(&self) -> StaticName {
+        "QMatMul".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "K={} N={} weights={} scale={} bias={} kernel={} threads={}",
+            self.weights.k(),
+            self.weights.n(),
+            if self.weights.from_u8() { "u8" } else { "i8" },
+            if self.w_scale.len() == 1 { "per-tensor" } else { "per-column" },
+            self.bias.is_some(),
+            Kernel::resolve(self.kernel),
+            self.threads
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QMatMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let (k, n) = (self.weights.k(), self.weights.n());
+        let shape = x.shape();
+        ensure!(shape.last() == Some(&k), "QMatMul: input shape {shape:?}, K = {k}");
+        let m = x.len() / k;
+        let mut out_shape: TVec<usize> = shape.into();
+        *out_shape.last_mut().unwrap() = n;
+        let mut y = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        {
+            let xr = x.try_as_plain_ram()?;
+            let xs = xr.as_slice::<f32>()?;
+            let mut yr = y.try_as_plain_ram_mut()?;
+            let ys = yr.as_slice_mut::<f32>()?;
+            quantized_matmul_f32(
+                Kernel::resolve(self.kernel),
+                xs,
+                m,
+                &self.weights,
+                &self.w_scale,
+                self.bias.as_deref(),
+                ys,
+                self.threads,
+            );
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for QMatMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape: TVec<TDim> = inputs[0].shape.to_tvec();
+        ensure!(
+            shape.last() == Some(&self.weights.k().to_dim()),
+            "QMatMul: input {:?}, K = {}",
+            inputs[0],
+            self.weights.k()
+        );
+        *shape.last_mut().unwrap() = self.weights.n().to_dim();
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let m: TDim = inputs[0].shape.iter().rev().skip(1).product();
+        Ok(tvec!((Cost::FMA(i32::datum_type()), m * (self.weights.k() * self.weights.n()))))
+    }
+
+    as_op!();
+}
+
+/// Options of [`fuse_quantized_matmuls_with`].
+#[derive(Clone, Debug)]
+pub struct FuseOptions {
+    /// `None`: [`Kernel::default_choice`] at run time (honours `ELECTRA_EDGE_KERNEL`).
+    pub kernel: Option<Kernel>,
+    /// Threads per matmul (column split); 1 = no spawning.
+    pub threads: usize,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions { kernel: None, threads: 1 }
+    }
+}
+
+/// Rewrites every `quantize_dynamic` MatMul chain of a freshly typed model into [`QMatMul`]
+/// (one thread, default kernel). Returns how many chains were fused.
+pub fn fuse_quantized_matmuls(model: &mut TypedModel) -> TractResult<usize> {
+    fuse_quantized_matmuls_with(model, &FuseOptions::default())
+}
+
+/// [`fuse_quantized_matmuls`] with options.
+pub fn fuse_quantized_matmuls_with(model: &mut TypedModel, opts: &FuseOptions) -> TractResult<usize> {
+    let candidates: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_as::<EinSum>().is_some_and(|e| e.q_params == Some(DatumType::I32)))
+        .map(|n| n.id)
+        .collect();
+    let mut fused = 0;
+    for id in candidates {
+        let Some(chain) = match_chain(model, id)? else {
+            log::debug!("int8 fuse: {} left to tract", model.node(id).name);
+            continue;
+        };
+        let op = QMatMul {
+            weights: chain.weights,
+            w_scale: chain.w_scale,
+            bias: chain.bias,
+            kernel: opts.kernel,
+            threads: opts.threads.max(1),
+        };
+        let name = format!("{}.qmatmul", model.node(id).name);
+        let mut patch = TypedModelPatch::new(format!("int8 fuse {name}"));
+        let x = patch.tap_model(model, chain.x)?;
+        let y = patch.wire_node(name, op, &[x])?[0];
+        patch.shunt_outside(model, chain.last, y)?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    if fused > 0 {
+        model.compact()?;
+    }
+    Ok(fused)
+}
+
+struct Chain {
+    /// The f32 input of the DynamicQuantizeLinear.
+    x: OutletId,
+    /// The outlet the fused op replaces (the Mul, or the bias Add).
+    last: OutletId,
+    weights: PackedWeights,
+    w_scale: Arc<[f32]>,
+    bias: Option<Arc<[f32]>>,
+}
+
+/// Follows pure shape changes (AddAxis, RmAxis, Reshape: row-major order unchanged) upwards.
+fn through_axes(model: &TypedModel, mut o: OutletId) -> OutletId {
+    loop {
+        let n = model.node(o.node);
+        match n.op_as::<AxisOp>() {
+            Some(AxisOp::Add(_) | AxisOp::Rm(_) | AxisOp::Reshape(..)) if n.inputs.len() == 1 => {
+                o = n.inputs[0]
+            }
+            _ => return o,
+        }
+    }
+}
+
+/// The constant behind an outlet, through pure shape changes.
+fn const_of(model: &TypedModel, o: OutletId) -> Option<Arc<Tensor>> {
+    let o = through_axes(model, o);
+    model.outlet_fact(o).ok()?.konst.clone()
+}
+
+fn scalar_is<T: Datum + PartialEq + Copy>(model: &TypedModel, o: OutletId, v: T) -> bool {
+    const_of(model, o).is_some_and(|t| {
+        t.len() == 1
+            && t.datum_type() == T::datum_type()
+            && t.try_as_plain_ram().ok().and_then(|r| r.as_slice::<T>().ok().map(|s| s[0] == v)) == Some(true)
+    })
+}
+
+fn f32s(t: &Tensor) -> Option<Vec<f32>> {
+    if t.datum_type() != DatumType::F32 {
+        return None;
+    }
+    Some(t.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
+}
+
+fn bin_op<'m>(model: &'m TypedModel, id: usize, name: &str) -> Option<&'m TypedNode> {
+    let n = model.node(id);
+    let b = n.op_as::<TypedBinOp>()?;
+    (b.0.name() == name && n.inputs.len() == 2).then_some(n)
+}
+
+/// The single consumer of an outlet, if it has exactly one and is not a model output.
+fn single_succ(model: &TypedModel, o: OutletId) -> Option<(usize, usize)> {
+    let succ = model.outlet_successors(o);
+    let is_output = model.output_outlets().map(|os| os.contains(&o)).unwrap_or(true);
+    (succ.len() == 1 && !is_output).then(|| (succ[0].node, succ[0].slot))
+}
+
+fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
+    let e = model.node(id);
+    let Some(es) = e.op_as::<EinSum>() else { return Ok(None) };
+    if e.inputs.len() != 9 || es.operating_dt != DatumType::I32 {
+        return Ok(None);
+    }
+    // activations: output 0 of a DynamicQuantizeLinearU8, its zero point as input 3
+    let q = through_axes(model, e.inputs[0]);
+    let d = model.node(q.node);
+    if d.op.name() != "DynamicQuantizeLinearU8" || q.slot != 0 || d.inputs.len() != 1 {
+        return Ok(None);
+    }
+    if through_axes(model, e.inputs[3]) != OutletId::new(d.id, 2) {
+        return Ok(None);
+    }
+    let x = d.inputs[0];
+    let x_fact = model.outlet_fact(x)?;
+    if x_fact.datum_type != DatumType::F32 || x_fact.rank() < 1 {
+        return Ok(None);
+    }
+    // the plain MatMulInteger form: bias 0, scales 1, output zero point 0
+    if !(scalar_is(model, e.inputs[2], 0i32)
+        && scalar_is(model, e.inputs[4], 1f32)
+        && scalar_is(model, e.inputs[6], 1f32)
+        && scalar_is(model, e.inputs[7], 0i32)
+        && scalar_is(model, e.inputs[8], 1f32))
+    {
+        return Ok(None);
+    }
+    // constant weights [K, N] (leading 1s from rank broadcasting), i8 or u8
+    let Some(w) = const_of(model, e.inputs[1]) else { return Ok(None) };
+    let signed = match w.datum_type() {
+        DatumType::I8 => true,
+        DatumType::U8 => false,
+        _ => return Ok(None),
+    };
+    let wshape = w.shape();
+    if wshape.len() < 2 || wshape[..wshape.len() - 2].iter().any(|&d| d != 1) {
+        return Ok(None);
+    }
+    let (k, n) = (wshape[wshape.len() - 2], wshape[wshape.len() - 1]);
+    if x_fact.shape.last() != Some(&k.to_dim()) || k > super::pack::MAX_K {
+        return Ok(None);
+    }
+    // the EinSum must be the plain matmul over the last axes of its inputs
+    let out_fact = model.outlet_fact(OutletId::new(id, 0))?;
+    if out_fact.rank() != x_fact.rank() || out_fact.shape.last() != Some(&n.to_dim()) {
+        return Ok(None);
+    }
+    // weight zero point: absent, one, or N, same type as the weights
+    let Some(wzp) = const_of(model, e.inputs[5]) else { return Ok(None) };
+    if wzp.datum_type() != w.datum_type() || !(wzp.len() == 1 || wzp.len() == n) {
+        return Ok(None);
+    }
+    let bytes = |t: &Tensor| -> TractResult<Vec<u8>> {
+        Ok(if signed {
+            t.try_as_plain_ram()?.as_slice::<i8>()?.iter().map(|&v| v as u8).collect()
+        } else {
+            t.try_as_plain_ram()?.as_slice::<u8>()?.to_vec()
+        })
+    };
+    // -> Cast(f32)
+    let Some((c, _)) = single_succ(model, OutletId::new(id, 0)) else { return Ok(None) };
+    let cn = model.node(c);
+    if !cn.op_as::<Cast>().is_some_and(|c| c.to == DatumType::F32) {
+        return Ok(None);
+    }
+    // -> Mul(acc, scale) with scale = Mul(x_scale, W_scale) (through rank fixes)
+    let Some((mu, slot)) = single_succ(model, OutletId::new(c, 0)) else { return Ok(None) };
+    let Some(mun) = bin_op(model, mu, "Mul") else { return Ok(None) };
+    let s = through_axes(model, mun.inputs[1 - slot]);
+    let Some(sm) = bin_op(model, s.node, "Mul") else { return Ok(None) };
+    let (a0, a1) = (through_axes(model, sm.inputs[0]), through_axes(model, sm.inputs[1]));
+    let xs = OutletId::new(d.id, 1);
+    let ws = if a0 == xs {
+        sm.inputs[1]
+    } else if a1 == xs {
+        sm.inputs[0]
+    } else {
+        return Ok(None);
+    };
+    let Some(w_scale) = const_of(model, ws).as_deref().and_then(f32s) else { return Ok(None) };
+    if !(w_scale.len() == 1 || w_scale.len() == n) {
+        return Ok(None);
+    }
+    if w_scale.len() == n && n > 1 {
+        // per column: the scale must vary along the last axis only
+        let f = model.outlet_fact(mun.inputs[1 - slot])?;
+        if f.shape.last() != Some(&n.to_dim()) {
+            return Ok(None);
+        }
+    }
+    let mul_out = OutletId::new(mu, 0);
+    if model.outlet_fact(mul_out)?.shape != out_fact.shape {
+        return Ok(None);
+    }
+    // -> optional Add(bias const [N])
+    let mut last = mul_out;
+    let mut bias = None;
+    if let Some((ad, aslot)) = single_succ(model, mul_out) {
+        if let Some(adn) = bin_op(model, ad, "Add") {
+            let other = adn.inputs[1 - aslot];
+            let of = model.outlet_fact(other)?;
+            if let Some(b) = const_of(model, other).as_deref().and_then(f32s) {
+                let add_out = OutletId::new(ad, 0);
+                if b.len() == n
+                    && of.shape.last() == Some(&n.to_dim())
+                    && model.outlet_fact(add_out)?.shape == out_fact.shape
+                {
+                    bias = Some(Arc::from(b));
+                    last = add_out;
+                }
+            }
+        }
+    }
+    let weights = pack_weights(&bytes(&w)?, signed, k, n, &bytes(&wzp)?);
+    Ok(Some(Chain { x, last, weights, w_scale: Arc::from(w_scale), bias }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::prelude::*;
+
+    fn typed(path: &str) -> TractResult<TypedModel> {
+        let mut model = tract_onnx::onnx().with_ignore_value_info(true).model_for_path(path)?;
+        let s = model.symbols.sym("S");
+        for ix in 0..model.input_outlets()?.len() {
+            model.set_input_fact(ix, i64::fact([1.to_dim(), s.to_dim()]).into())?;
+        }
+        model.into_typed()
+    }
+
+    const TINY: &str = "/work/shared/fixtures/electra-tiny-zh/discriminator/model.onnx";
+
+    fn inputs(model: &TypedModel, seq: usize) -> TractResult<TVec<TValue>> {
+        let mut v = tvec![];
+        for o in model.input_outlets()? {
+            let name = &model.node(o.node).name;
+            let t: Tensor = if name.contains("mask") {
+                tract_ndarray::Array2::<i64>::ones((1, seq)).into()
+            } else if name.contains("type") {
+                tract_ndarray::Array2::<i64>::zeros((1, seq)).into()
+            } else {
+                tract_ndarray::Array2::from_shape_fn((1, seq), |(_, j)| (100 + 37 * j as i64) % 5000).into()
+            };
+            v.push(t.into_tvalue());
+        }
+        Ok(v)
+    }
+
+    #[test]
+    #[ignore]
+    fn dump_typed_int8_graph() -> TractResult<()> {
+        let path = std::env::var("INT8_DUMP_MODEL").unwrap_or(TINY.into());
+        let typed = typed(&path)?;
+        for n in typed.nodes() {
+            let facts: Vec<String> = n.outputs.iter().map(|o| format!("{:?}", o.fact)).collect();
+            let ins: Vec<String> = n.inputs.iter().map(|i| format!("{}/{}", i.node, i.slot)).collect();
+            println!("#{} {} [{}] in={:?} out={:?}", n.id, n.name, n.op.name(), ins, facts);
+        }
+        Ok(())
+    }
+
+    /// Fused vs tract's own int8 path on the tiny fixture, per kernel: same outputs.
+    #[test]
+    fn fused_tiny_discriminator_matches_tract() -> TractResult<()> {
+        if !std::path::Path::new(TINY).exists() {
+            eprintln!("skipped: {TINY} not found");
+            return Ok(());
+        }
+        let base = typed(TINY)?;
+        let reference = base.clone().into_optimized()?.into_runnable()?;
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+            let mut fused = base.clone();
+            let count = fuse_quantized_matmuls_with(&mut fused, &FuseOptions { kernel: Some(kernel), threads: 2 })?;
+            let total = base.nodes().iter().filter(|n| n.op_as::<EinSum>().is_some_and(|e| e.q_params.is_some())).count();
+            assert_eq!(count, total, "{kernel}: every MatMulInteger chain fused");
+            assert!(fused.nodes().iter().all(|n| n.op.name() != "DynamicQuantizeLinearU8"));
+            let plan = fused.into_optimized()?.into_runnable()?;
+            for seq in [1, 7, 32] {
+                let want = reference.run(inputs(&base, seq)?)?;
+                let got = plan.run(inputs(&base, seq)?)?;
+                for (w, g) in want.iter().zip(&got) {
+                    let (w, g) = (w.cast_to::<f32>()?, g.cast_to::<f32>()?);
+                    let (w, g) = (w.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), g.try_as_plain_ram()?.as_slice::<f32>()?.to_vec());
+                    assert_eq!(w.len(), g.len());
+                    let max = w.iter().zip(&g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    let scale = w.iter().map(|a| a.abs()).fold(0f32, f32::max).max(1e-6);
+                    eprintln!("{kernel} seq {seq}: fused {count} chains, max |diff| {max:e} (max |y| {scale:e})");
+                    assert!(max <= 1e-4 * scale, "{kernel} seq {seq}: max diff {max} vs scale {scale}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
