@@ -13,6 +13,7 @@
 //!   spans, classification, BIO/BIOES entity decoding, pooled embeddings; window stitching.
 //! - [`protocol`]: the JSON-lines contract, pure: request parsing and response shapes.
 //! - [`engine`]: model folder = tokenizer + model + task; one request in, one response out.
+//! - [`selfcheck`]: golden outputs from `manifest.json` checked before serving.
 //! - [`run`]: the stdin/stdout loop behind `electra-edge run`.
 //! - [`int8`]: our fused quantized matmul and its kernels (the fast int8 path).
 //! - [`server`]: the Unix socket service behind `electra-edge serve`.
@@ -25,6 +26,7 @@ pub mod int8;
 pub mod model;
 pub mod protocol;
 pub mod run;
+pub mod selfcheck;
 pub mod server;
 pub mod systemd;
 pub mod tasks;
