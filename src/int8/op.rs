@@ -434,4 +434,55 @@ mod tests {
         }
         Ok(())
     }
+
+    /// Timing on the small fixture (ignored: slow, prints numbers):
+    /// `cargo test --release --lib int8::op::tests::small_model_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn small_model_timing() -> TractResult<()> {
+        let dir = "/work/shared/fixtures/electra-small-zh/discriminator";
+        let t = std::time::Instant::now();
+        let base = typed(&format!("{dir}/model.onnx"))?;
+        eprintln!("int8 parse+typed: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        let mut fused = base.clone();
+        let t = std::time::Instant::now();
+        let count = fuse_quantized_matmuls(&mut fused)?;
+        eprintln!("fuse: {count} chains in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        let t = std::time::Instant::now();
+        let plan = fused.into_optimized()?.into_runnable()?;
+        eprintln!("fused optimize+plan: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        let f32plan = typed(&format!("{dir}/model.fp32.onnx"))?.into_optimized()?.into_runnable()?;
+        let tract_int8 = std::env::var("INT8_TIMING_TRACT").is_ok();
+        let reference = if tract_int8 { Some(base.clone().into_optimized()?.into_runnable()?) } else { None };
+        for seq in [8, 32, 128, 512] {
+            let time = |p: &Arc<TypedRunnableModel>, n: usize| -> TractResult<(f64, TVec<TValue>)> {
+                let mut best = f64::MAX;
+                let mut out = tvec![];
+                for _ in 0..n {
+                    let i = inputs(&base, seq)?;
+                    let t = std::time::Instant::now();
+                    out = p.run(i)?;
+                    best = best.min(t.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok((best, out))
+            };
+            let (tf, yf) = time(&plan, 10)?;
+            let (t32, y32) = time(&f32plan, 10)?;
+            let diff = |a: &TVec<TValue>, b: &TVec<TValue>| -> TractResult<f32> {
+                let a = a[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+                let b = b[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+                Ok(a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max))
+            };
+            let mut line = format!(
+                "seq {seq}: fused int8 {tf:.2} ms, tract f32 {t32:.2} ms, max |fused - f32| {:.3e}",
+                diff(&yf, &y32)?
+            );
+            if let Some(r) = &reference {
+                let (ti, yi) = time(r, 1)?;
+                line += &format!(", tract int8 {ti:.1} ms, max |fused - tract int8| {:.3e}", diff(&yf, &yi)?);
+            }
+            eprintln!("{line}");
+        }
+        Ok(())
+    }
 }
