@@ -25,6 +25,8 @@ pub enum Command {
     Run(RunArgs),
     /// Serve the same JSON lines on a Unix socket to many clients, within a fixed memory budget.
     Serve(ServeArgs),
+    /// Check a model folder: file checksums and golden outputs from manifest.json.
+    Check(RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +112,12 @@ pub struct ModelArgs {
     /// Tag: include per-token labels.
     #[arg(long)]
     pub tokens: bool,
+    /// Threads per int8 matmul (1 = the calling thread only).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
+    /// Use tract's own int8 kernels instead of electra-edge's fused int8 matmul (comparisons).
+    #[arg(long)]
+    pub tract_int8: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -126,6 +134,8 @@ impl ModelArgs {
             window_tokens: self.window_tokens,
             overlap: self.overlap,
             max_chars: self.max_chars,
+            tract_int8: self.tract_int8,
+            threads: usize::from(self.threads),
             defaults: Defaults {
                 raw: self.raw,
                 threshold: self.threshold,

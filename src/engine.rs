@@ -34,6 +34,10 @@ pub struct EngineOptions {
     /// Tokens shared by consecutive windows; a quarter of the window when `None`.
     pub overlap: Option<usize>,
     pub max_chars: usize,
+    /// Run int8 matmuls with tract's own kernels instead of ours (for comparisons).
+    pub tract_int8: bool,
+    /// Threads per int8 matmul.
+    pub threads: usize,
     pub defaults: Defaults,
 }
 
@@ -67,6 +71,8 @@ impl Default for EngineOptions {
             window_tokens: None,
             overlap: None,
             max_chars: DEFAULT_MAX_CHARS,
+            tract_int8: false,
+            threads: 1,
             defaults: Defaults::default(),
         }
     }
@@ -111,6 +117,8 @@ impl Engine {
             .unwrap_or_else(|| dir.join("model.onnx"));
         let model_options = ModelOptions {
             output: Some(task.output_name().to_string()),
+            tract_int8: options.tract_int8,
+            threads: options.threads,
         };
         let model = Model::load(&onnx, &model_options)?;
         let positions = config.max_position_embeddings;

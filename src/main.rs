@@ -31,5 +31,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             electra_edge::run::serve_lines(&engine, io::stdin().lock(), io::stdout().lock())
         }
         Command::Serve(args) => electra_edge::server::run_cli(&args),
+        Command::Check(args) => electra_edge::selfcheck::run_cli(&args.model),
     }
 }

@@ -23,6 +23,10 @@ use tract_onnx::prelude::*;
 pub struct ModelOptions {
     /// Name of the ONNX output to compute; the graph's first output when `None`.
     pub output: Option<String>,
+    /// Leave int8 matmuls to tract instead of our fused op ([`crate::int8`]); for comparisons.
+    pub tract_int8: bool,
+    /// Threads per int8 matmul (1: no spawning).
+    pub threads: usize,
 }
 
 /// Which model input a graph input is, matched by name.
@@ -101,10 +105,18 @@ impl Model {
         let inputs = Self::bind_inputs(&mut model).with_context(|| path.display().to_string())?;
         Self::select_output(&mut model, options.output.as_deref())
             .with_context(|| path.display().to_string())?;
-        let typed = model
+        let mut typed = model
             .into_typed()
             .map_err(|e| anyhow!("{}: cannot type the graph: {e:#}", path.display()))?;
         lap("type");
+        if !options.tract_int8 {
+            // Before declutter/optimize: tract then has far fewer quantization nodes to rewrite.
+            let fuse = crate::int8::FuseOptions { kernel: None, threads: options.threads.max(1) };
+            let fused = crate::int8::fuse_quantized_matmuls_with(&mut typed, &fuse)
+                .map_err(|e| anyhow!("{}: int8 fusion failed: {e:#}", path.display()))?;
+            log::debug!("{}: {fused} quantized matmuls fused", path.display());
+            lap("fuse");
+        }
         let per_token = {
             let fact = typed.outlet_fact(typed.output_outlets()?[0])?;
             fact.shape.len() >= 2 && !fact.shape[1].symbols().is_empty()

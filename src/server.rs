@@ -1,1 +1,1175 @@
-//! The Unix socket service behind `electra-edge serve` (in progress).
+//! `electra-edge serve`: the JSON-lines contract of `run` over a Unix socket, for many clients
+//! at once, inside a memory budget stated up front.
+//!
+//! See `docs/serve.md` for the user-facing description (protocol, limits, budget formula with
+//! measured numbers). In short:
+//!
+//! - **Threads.** One accept loop (the caller's thread); per connection a *reader* (reads
+//!   bounded lines, parses, answers commands and errors at once, queues inference) and a
+//!   *writer* (writes answers back in request order, with a write timeout); `workers` inference
+//!   threads fed by one bounded queue (`sync_channel(max_queue)`, full -> `busy`). The engine is
+//!   shared read-only (`Arc<Engine>`). Every thread's stack size is set explicitly.
+//! - **Order.** Each line of a connection gets a sequence number; the writer keeps answers that
+//!   finished early until their turn. At most `max_in_flight` lines per connection are between
+//!   "read" and "written": the reader stops reading from a client whose answers are not being
+//!   taken, so a client that never reads costs at most `max_in_flight` answers, and after
+//!   `write_timeout` without progress its connection is dropped (and counted).
+//! - **Limits.** Connections over `max_connections` get one `busy` line and are closed; lines
+//!   longer than `max_line_bytes` are read to their end without being kept and get `too_large`
+//!   (the connection stays usable); texts over the engine's `max_chars` get `too_large`; a
+//!   connection without a request or pending answer for `idle_timeout` is closed.
+//! - **Budget.** [`Budget::measure`] runs one full-size window through the model (the peak of a
+//!   window), reads `VmHWM`, and adds the worst case every limit allows; see [`Budget`].
+//! - **Lifecycle.** [`serve`] returns when its [`Shutdown`] is triggered (by SIGTERM/SIGINT in
+//!   `main`): it stops accepting, stops reading new lines, answers every line already read,
+//!   and returns a [`ServeReport`]. [`SocketFile`] binds the path (replacing a stale socket file,
+//!   refusing a live one) and removes it when dropped.
+//!
+//! Micro-batching (`--batch`) is not implemented: the graphs are typed with batch 1 (tract
+//! cannot type the exports' mask arithmetic with a symbolic batch), so there is nothing to
+//! batch into.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read, Write};
+use std::net::Shutdown as NetShutdown;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Map, Value};
+
+use crate::engine::Engine;
+use crate::protocol::{
+    self, response_line, BoundedLine, Command, ErrorCode, ErrorReply, Line, Request, RequestOptions,
+};
+use crate::systemd;
+
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Engine>();
+};
+
+/// Error codes in a fixed order, for the per-code counters.
+const CODES: [ErrorCode; 7] = [
+    ErrorCode::InvalidUtf8,
+    ErrorCode::BadJson,
+    ErrorCode::BadRequest,
+    ErrorCode::EmptyText,
+    ErrorCode::TooLarge,
+    ErrorCode::Busy,
+    ErrorCode::Internal,
+];
+
+fn code_index(code: ErrorCode) -> usize {
+    CODES
+        .iter()
+        .position(|c| *c == code)
+        .unwrap_or(CODES.len() - 1)
+}
+
+/// Default limits of `serve` (see `docs/serve.md`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+pub const DEFAULT_MAX_QUEUE: usize = 64;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Limits and thread sizes of the server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Inference threads.
+    pub workers: usize,
+    /// Open connections; one more gets a `busy` line and is closed.
+    pub max_connections: usize,
+    /// Longest request line kept in memory (newline excluded).
+    pub max_line_bytes: usize,
+    /// Inference requests waiting for a worker (all connections); more get `busy`.
+    pub max_queue: usize,
+    /// Lines of one connection read but not yet answered; the reader waits at the cap.
+    pub max_in_flight: usize,
+    /// A connection with nothing in flight and no byte received for this long is closed.
+    pub idle_timeout: Duration,
+    /// A client that takes no answer bytes for this long is dropped.
+    pub write_timeout: Duration,
+    /// How often blocked readers and the accept loop look at the shutdown flag.
+    pub poll_interval: Duration,
+    /// Stack sizes, set explicitly on every thread the server starts.
+    pub reader_stack: usize,
+    pub writer_stack: usize,
+    pub worker_stack: usize,
+    /// Bytes of the per-connection read buffer.
+    pub read_buffer: usize,
+}
+
+impl ServerConfig {
+    /// Safe defaults for an engine: the line limit follows its `max_chars` like `run`.
+    pub fn for_engine(engine: &Engine) -> ServerConfig {
+        ServerConfig {
+            workers: 1,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_line_bytes: crate::run::max_line_bytes(engine.options.max_chars),
+            max_queue: DEFAULT_MAX_QUEUE,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            poll_interval: Duration::from_millis(100),
+            // serde_json stops at 128 levels of nesting: a reader needs little stack.
+            reader_stack: 256 * 1024,
+            writer_stack: 64 * 1024,
+            // tract runs on the worker's stack.
+            worker_stack: 4 * 1024 * 1024,
+            read_buffer: 8 * 1024,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.workers == 0 || self.max_connections == 0 || self.max_queue == 0 {
+            bail!("--workers, --max-connections and --max-queue must be at least 1");
+        }
+        if self.max_in_flight == 0 || self.max_line_bytes == 0 {
+            bail!("--max-in-flight and --max-line-bytes must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// A shutdown trigger: `main` sets it from SIGTERM/SIGINT, tests call [`Shutdown::trigger`].
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+    /// The flag itself, e.g. for `signal_hook::flag::register`.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+/// `VmRSS` and `VmHWM` of this process in bytes (0 when `/proc` is not readable).
+pub fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The fixed memory budget: what the process needs at most for the worst case the limits
+/// allow. All values in bytes.
+///
+/// ```text
+/// total = base
+///       + (workers - 1) * window_peak
+///       + workers * (worker_stack + request_state)
+///       + max_connections * per_connection
+///       + max_queue * max_line_bytes
+///       + slack
+/// per_connection = reader_stack + writer_stack + read_buffer + max_line_bytes
+///                + max_in_flight * max_response
+/// request_state  = 4 * max_response        (tokens, window outputs, the answer's JSON tree)
+/// slack          = (everything above) / 8  (allocator arenas and fragmentation)
+/// ```
+///
+/// `base` is `VmHWM` after the model is loaded and one full-size window (the longest the model
+/// runs) went through it with every answer option on: weights, plan, tokenizer and one window's
+/// peak activations. `window_peak` is how much that one run raised the high-water mark (each
+/// further worker can hold one). `max_response` is the longest answer line, scaled from that
+/// run's answer to `max_chars` characters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Budget {
+    pub model_file: u64,
+    pub base: u64,
+    pub window_peak: u64,
+    pub max_response: u64,
+    pub request_state: u64,
+    pub per_connection: u64,
+    pub connections: u64,
+    pub workers: u64,
+    pub queue: u64,
+    pub slack: u64,
+    pub total: u64,
+}
+
+impl Budget {
+    /// Runs one full window through `engine` and computes the budget for `config`.
+    pub fn measure(engine: &Engine, config: &ServerConfig) -> Result<Budget> {
+        let window = engine
+            .options
+            .window_tokens
+            .unwrap_or(engine.config.max_position_embeddings);
+        let chars = window.saturating_sub(2).max(1);
+        let text: String = "我爱北京天安门，今天天气很好。"
+            .chars()
+            .cycle()
+            .take(chars)
+            .collect();
+        let options = RequestOptions {
+            raw: Some(true),
+            tokens: Some(true),
+            ..RequestOptions::default()
+        };
+        let (rss_before, _) = rss();
+        let body = engine
+            .answer(&text, &options)
+            .context("full-window warm-up failed")?;
+        let answer_len = response_line(Some(&json!(u64::MAX)), body).len() as u64;
+        let (_, hwm) = rss();
+        let model_file = engine
+            .options
+            .onnx_file
+            .clone()
+            .unwrap_or_else(|| engine.dir.join("model.onnx"))
+            .metadata()
+            .map_or(0, |m| m.len());
+        let max_chars = engine.options.max_chars as u64;
+        let max_response = (answer_len * max_chars)
+            .div_ceil(chars as u64)
+            .max(answer_len)
+            + 1024;
+        Ok(Budget::compute(
+            config,
+            model_file,
+            hwm,
+            hwm.saturating_sub(rss_before),
+            max_response,
+        ))
+    }
+
+    /// The formula of [`Budget`], from measured `base`, `window_peak` and `max_response`.
+    pub fn compute(
+        config: &ServerConfig,
+        model_file: u64,
+        base: u64,
+        window_peak: u64,
+        max_response: u64,
+    ) -> Budget {
+        let c = config;
+        let line = c.max_line_bytes as u64;
+        let request_state = 4 * max_response;
+        let per_connection = (c.reader_stack + c.writer_stack + c.read_buffer) as u64
+            + line
+            + c.max_in_flight as u64 * max_response;
+        let connections = c.max_connections as u64 * per_connection;
+        let workers = (c.workers as u64 - 1) * window_peak
+            + c.workers as u64 * (c.worker_stack as u64 + request_state);
+        let queue = c.max_queue as u64 * line;
+        let slack = (base + workers + connections + queue) / 8;
+        Budget {
+            model_file,
+            base,
+            window_peak,
+            max_response,
+            request_state,
+            per_connection,
+            connections,
+            workers,
+            queue,
+            slack,
+            total: base + workers + connections + queue + slack,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "total": self.total,
+            "model_file": self.model_file,
+            "base": self.base,
+            "window_peak": self.window_peak,
+            "max_response": self.max_response,
+            "request_state": self.request_state,
+            "per_connection": self.per_connection,
+            "connections": self.connections,
+            "workers": self.workers,
+            "queue": self.queue,
+            "slack": self.slack,
+        })
+    }
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        write!(
+            f,
+            "memory budget {:.1} MiB = base {:.1} (model file {:.1}, window peak {:.1}) + workers {:.1} \
+             + connections {:.1} ({:.2} each, max answer {:.2}) + queue {:.1} + slack {:.1}",
+            mib(self.total),
+            mib(self.base),
+            mib(self.model_file),
+            mib(self.window_peak),
+            mib(self.workers),
+            mib(self.connections),
+            mib(self.per_connection),
+            mib(self.max_response),
+            mib(self.queue),
+            mib(self.slack),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket file
+
+/// A bound socket path, removed when dropped (only if it is still the socket we bound).
+#[derive(Debug)]
+pub struct SocketFile {
+    pub path: PathBuf,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// Binds `path`: a stale socket file (nobody accepts on it) is replaced, a live one is
+    /// refused, anything that is not a socket is left alone and refused. Then sets the file's
+    /// mode and, when given, its group.
+    pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<(UnixListener, SocketFile)> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                bail!(
+                    "{} exists and is not a socket; not replacing it",
+                    path.display()
+                );
+            }
+            match UnixStream::connect(path) {
+                Ok(_) => bail!(
+                    "another server is already listening on {} (stop it first, or choose another --socket)",
+                    path.display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    log::warn!("removing stale socket file {}", path.display());
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("cannot remove stale {}", path.display()))?;
+                }
+                Err(e) => {
+                    return Err(anyhow!(e)
+                        .context(format!("cannot check existing socket {}", path.display())))
+                }
+            }
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+        let file = SocketFile {
+            path: path.to_owned(),
+            ino: std::fs::metadata(path).map_or(0, |m| m.ino()),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot chmod {:o} {}", mode, path.display()))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("cannot chgrp {gid} {}", path.display()))?;
+        }
+        Ok((listener, file))
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && m.ino() == self.ino);
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                log::warn!("cannot remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// A group given by name (looked up in `/etc/group`) or number.
+pub fn parse_group(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    groups
+        .lines()
+        .find_map(|l| {
+            let mut fields = l.split(':');
+            (fields.next() == Some(group))
+                .then(|| fields.nth(1).and_then(|g| g.parse().ok()))
+                .flatten()
+        })
+        .ok_or_else(|| anyhow!("no group named {group:?} in /etc/group"))
+}
+
+/// A socket mode in octal, e.g. `660` or `0660`.
+pub fn parse_mode(mode: &str) -> Result<u32> {
+    let m = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+        .map_err(|_| anyhow!("socket mode {mode:?} is not an octal number like 0660"))?;
+    if m > 0o777 {
+        bail!("socket mode {mode:?} is not within 0..=0777");
+    }
+    Ok(m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counters
+
+const RING: usize = 4096;
+
+/// Latencies (microseconds, queue wait included) of the last `RING` inferences.
+struct Latencies {
+    ring: Box<[u32]>,
+    next: usize,
+    len: usize,
+}
+
+impl Latencies {
+    fn record(&mut self, us: u32) {
+        self.ring[self.next] = us;
+        self.next = (self.next + 1) % RING;
+        self.len = (self.len + 1).min(RING);
+    }
+
+    fn percentiles(&self, ps: &[f64]) -> Vec<f64> {
+        let mut v = self.ring[..self.len].to_vec();
+        v.sort_unstable();
+        ps.iter()
+            .map(|p| {
+                if v.is_empty() {
+                    0.0
+                } else {
+                    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+                    v[i] as f64 / 1000.0
+                }
+            })
+            .collect()
+    }
+}
+
+struct Stats {
+    started: Instant,
+    requests: AtomicU64,
+    inferences: AtomicU64,
+    answered: AtomicU64,
+    errors: [AtomicU64; 7],
+    connections: AtomicUsize,
+    connections_total: AtomicU64,
+    rejected: AtomicU64,
+    dropped_slow: AtomicU64,
+    idle_closed: AtomicU64,
+    unanswered: AtomicU64,
+    queue_depth: AtomicUsize,
+    latencies: Mutex<Latencies>,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            started: Instant::now(),
+            requests: AtomicU64::new(0),
+            inferences: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            errors: Default::default(),
+            connections: AtomicUsize::new(0),
+            connections_total: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            dropped_slow: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
+            queue_depth: AtomicUsize::new(0),
+            latencies: Mutex::new(Latencies {
+                ring: vec![0; RING].into_boxed_slice(),
+                next: 0,
+                len: 0,
+            }),
+        }
+    }
+
+    fn error(&self, code: ErrorCode) {
+        self.errors[code_index(code)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn errors_json(&self) -> Map<String, Value> {
+        CODES
+            .iter()
+            .map(|c| {
+                let n = self.errors[code_index(*c)].load(Ordering::Relaxed);
+                (c.as_str().to_string(), Value::from(n))
+            })
+            .collect()
+    }
+}
+
+/// What happened during one [`serve`] call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServeReport {
+    pub connections: u64,
+    pub rejected_connections: u64,
+    /// Request lines read (each is owed exactly one answer line).
+    pub requests: u64,
+    /// Answer lines written completely.
+    pub answered: u64,
+    /// Lines read whose answer could not be delivered (the client went away or stopped
+    /// reading).
+    pub unanswered: u64,
+    pub dropped_slow_clients: u64,
+    pub idle_closed: u64,
+    pub errors: Map<String, Value>,
+    pub budget: Budget,
+    pub peak_rss: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+struct Server {
+    engine: Arc<Engine>,
+    config: ServerConfig,
+    budget: Budget,
+    stats: Stats,
+    shutdown: Shutdown,
+}
+
+impl Server {
+    fn stats_body(&self) -> Map<String, Value> {
+        let s = &self.stats;
+        let (rss, hwm) = rss();
+        let p = s
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .percentiles(&[50.0, 90.0, 99.0]);
+        let c = &self.config;
+        let body = json!({
+            "stats": {
+                "uptime_s": s.started.elapsed().as_secs_f64(),
+                "model": self.engine.dir.display().to_string(),
+                "task": self.engine.task.name(),
+                "requests": s.requests.load(Ordering::Relaxed),
+                "inferences": s.inferences.load(Ordering::Relaxed),
+                "answered": s.answered.load(Ordering::Relaxed),
+                "unanswered": s.unanswered.load(Ordering::Relaxed),
+                "errors": s.errors_json(),
+                "latency_ms": {"p50": p[0], "p90": p[1], "p99": p[2]},
+                "queue_depth": s.queue_depth.load(Ordering::Relaxed),
+                "connections": s.connections.load(Ordering::Relaxed),
+                "connections_total": s.connections_total.load(Ordering::Relaxed),
+                "rejected_connections": s.rejected.load(Ordering::Relaxed),
+                "dropped_slow_clients": s.dropped_slow.load(Ordering::Relaxed),
+                "idle_closed": s.idle_closed.load(Ordering::Relaxed),
+                "rss": rss,
+                "rss_peak": hwm,
+                "budget": self.budget.to_json(),
+                "limits": {
+                    "workers": c.workers,
+                    "max_connections": c.max_connections,
+                    "max_line_bytes": c.max_line_bytes,
+                    "max_chars": self.engine.options.max_chars,
+                    "max_queue": c.max_queue,
+                    "max_in_flight": c.max_in_flight,
+                    "idle_timeout_s": c.idle_timeout.as_secs_f64(),
+                    "write_timeout_s": c.write_timeout.as_secs_f64(),
+                },
+            }
+        });
+        match body {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// One queued inference.
+struct Job {
+    seq: u64,
+    request: Request,
+    conn: Arc<Conn>,
+    reply: Sender<(u64, String)>,
+    queued: Instant,
+}
+
+/// State shared by a connection's reader, writer and the workers holding its jobs.
+struct Conn {
+    /// Lines read (or being read) and not yet answered.
+    in_flight: Mutex<usize>,
+    slot_freed: Condvar,
+    closed: AtomicBool,
+    /// Milliseconds since `epoch` of the last byte received or answer written.
+    last_activity: AtomicU64,
+    epoch: Instant,
+}
+
+impl Conn {
+    fn touch(&self) {
+        self.last_activity
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle_for(&self) -> Duration {
+        let last = self.last_activity.load(Ordering::Relaxed);
+        Duration::from_millis((self.epoch.elapsed().as_millis() as u64).saturating_sub(last))
+    }
+    fn release(&self) {
+        let mut n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        self.slot_freed.notify_all();
+    }
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        self.slot_freed.notify_all();
+    }
+}
+
+/// Decrements the open-connection count when the connection's last thread ends.
+struct ConnCount(Arc<Server>);
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.stats.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves `listener` until `shutdown` is triggered, then answers what was read and returns.
+///
+/// Before accepting, runs [`Budget::measure`] (the largest window through the model) and tells
+/// systemd `READY=1`; on shutdown tells it `STOPPING=1`.
+pub fn serve(
+    engine: Arc<Engine>,
+    listener: UnixListener,
+    config: ServerConfig,
+    shutdown: Shutdown,
+) -> Result<ServeReport> {
+    config.check()?;
+    let watchdog = systemd::Watchdog::from_env();
+    let _ = systemd::status("warming up at the largest window");
+    let budget = Budget::measure(&engine, &config)?;
+    log::info!("{budget}");
+    let server = Arc::new(Server {
+        engine,
+        config,
+        budget,
+        stats: Stats::new(),
+        shutdown,
+    });
+    let c = &server.config;
+
+    let (queue, jobs) = mpsc::sync_channel::<Job>(c.max_queue);
+    let jobs = Arc::new(Mutex::new(jobs));
+    let mut workers = Vec::new();
+    for i in 0..c.workers {
+        let (server, jobs, watchdog) = (server.clone(), jobs.clone(), watchdog.clone());
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .stack_size(c.worker_stack)
+                .spawn(move || worker(&server, &jobs, &watchdog))
+                .context("cannot start a worker thread")?,
+        );
+    }
+
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the listener non-blocking")?;
+    let _ = systemd::ready();
+    let _ = systemd::status(&format!(
+        "serving {} ({}), {}",
+        server.engine.dir.display(),
+        server.engine.task.name(),
+        server.budget
+    ));
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    let accept_poll = c.poll_interval.min(Duration::from_millis(20));
+    while !server.shutdown.is_triggered() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                conns.retain(|h| !h.is_finished());
+                accept(&server, stream, &queue, &mut conns);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(accept_poll),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("accept failed: {e}");
+                std::thread::sleep(c.poll_interval);
+            }
+        }
+    }
+    let _ = systemd::stopping();
+    log::info!("shutting down: answering what was read");
+    drop(listener);
+    drop(queue);
+    for h in conns {
+        let _ = h.join();
+    }
+    for h in workers {
+        let _ = h.join();
+    }
+    watchdog.stop();
+    let s = &server.stats;
+    let report = ServeReport {
+        connections: s.connections_total.load(Ordering::SeqCst),
+        rejected_connections: s.rejected.load(Ordering::SeqCst),
+        requests: s.requests.load(Ordering::SeqCst),
+        answered: s.answered.load(Ordering::SeqCst),
+        unanswered: s.unanswered.load(Ordering::SeqCst),
+        dropped_slow_clients: s.dropped_slow.load(Ordering::SeqCst),
+        idle_closed: s.idle_closed.load(Ordering::SeqCst),
+        errors: s.errors_json(),
+        budget: server.budget.clone(),
+        peak_rss: rss().1,
+    };
+    Ok(report)
+}
+
+fn reject(server: &Server, mut stream: UnixStream, message: &str) {
+    server.stats.rejected.fetch_add(1, Ordering::Relaxed);
+    server.stats.error(ErrorCode::Busy);
+    let line = ErrorReply::new(None, ErrorCode::Busy, message).to_line() + "\n";
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = stream.write_all(line.as_bytes());
+    let _ = stream.shutdown(NetShutdown::Both);
+}
+
+fn accept(
+    server: &Arc<Server>,
+    stream: UnixStream,
+    queue: &SyncSender<Job>,
+    conns: &mut Vec<JoinHandle<()>>,
+) {
+    let c = &server.config;
+    // Accepted sockets do not inherit O_NONBLOCK on Linux; make sure anyway.
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
+    let open = server.stats.connections.load(Ordering::SeqCst);
+    if open >= c.max_connections {
+        return reject(
+            server,
+            stream,
+            &format!("too many connections (limit {})", c.max_connections),
+        );
+    }
+    let (Ok(read_half), Ok(write_half)) = (stream.try_clone(), stream.try_clone()) else {
+        return reject(server, stream, "cannot set up the connection");
+    };
+    let _ = read_half.set_read_timeout(Some(c.poll_interval));
+    let _ = write_half.set_write_timeout(Some(c.write_timeout));
+    server.stats.connections.fetch_add(1, Ordering::SeqCst);
+    server
+        .stats
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    let count = Arc::new(ConnCount(server.clone()));
+    let conn = Arc::new(Conn {
+        in_flight: Mutex::new(0),
+        slot_freed: Condvar::new(),
+        closed: AtomicBool::new(false),
+        last_activity: AtomicU64::new(0),
+        epoch: Instant::now(),
+    });
+    let (reply, replies) = mpsc::channel::<(u64, String)>();
+    let writer = {
+        let (server, conn, count) = (server.clone(), conn.clone(), count.clone());
+        std::thread::Builder::new()
+            .name("conn-writer".into())
+            .stack_size(c.writer_stack)
+            .spawn(move || {
+                write_loop(&server, &conn, write_half, replies);
+                drop(count);
+            })
+    };
+    let writer = match writer {
+        Ok(h) => h,
+        Err(e) => {
+            log::warn!("cannot start a connection thread: {e}");
+            drop(count);
+            return reject(server, stream, "cannot start a connection thread");
+        }
+    };
+    let reader = {
+        let (server, queue, conn) = (server.clone(), queue.clone(), conn.clone());
+        std::thread::Builder::new()
+            .name("conn-reader".into())
+            .stack_size(c.reader_stack)
+            .spawn(move || {
+                read_loop(&server, &conn, read_half, &queue, reply);
+                drop(count);
+            })
+    };
+    match reader {
+        Ok(h) => conns.push(h),
+        Err(e) => {
+            // The writer ends on its own: its channel's sender was dropped with the closure.
+            log::warn!("cannot start a connection thread: {e}");
+            conn.close();
+            let _ = stream.shutdown(NetShutdown::Both);
+        }
+    }
+    conns.push(writer);
+}
+
+/// The socket's read side, seen by `read_bounded_line`: read timeouts are polling ticks that
+/// check shutdown, a dead writer and the idle timeout, and are never surfaced mid-line.
+struct PollingReader<'a> {
+    stream: UnixStream,
+    server: &'a Server,
+    conn: &'a Conn,
+}
+
+impl Read for PollingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.stream.read(buf) {
+                Ok(n) => {
+                    self.conn.touch();
+                    return Ok(n);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            if self.server.shutdown.is_triggered() {
+                return Err(io::Error::other("shutting down"));
+            }
+            if self.conn.closed.load(Ordering::SeqCst) {
+                return Err(io::Error::other("connection closed"));
+            }
+            let waiting_for_answers = *self
+                .conn
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                > 1;
+            if !waiting_for_answers && self.conn.idle_for() >= self.server.config.idle_timeout {
+                self.server
+                    .stats
+                    .idle_closed
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "idle"));
+            }
+        }
+    }
+}
+
+fn read_loop(
+    server: &Server,
+    conn: &Arc<Conn>,
+    stream: UnixStream,
+    queue: &SyncSender<Job>,
+    reply: Sender<(u64, String)>,
+) {
+    let c = &server.config;
+    let limits = server.engine.limits();
+    conn.touch();
+    let shutdown_handle = stream.try_clone().ok();
+    let mut reader = BufReader::with_capacity(
+        c.read_buffer,
+        PollingReader {
+            stream,
+            server,
+            conn,
+        },
+    );
+    let mut buf = Vec::new();
+    let mut seq = 0u64;
+    loop {
+        // Take an in-flight slot before reading: at the cap, stop reading from this client.
+        {
+            let mut n = conn.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            while *n >= c.max_in_flight && !conn.closed.load(Ordering::SeqCst) {
+                n = conn
+                    .slot_freed
+                    .wait_timeout(n, c.poll_interval)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            *n += 1;
+        }
+        if server.shutdown.is_triggered() || conn.closed.load(Ordering::SeqCst) {
+            conn.release();
+            break;
+        }
+        let read = match protocol::read_bounded_line(&mut reader, &mut buf, c.max_line_bytes) {
+            Ok(Some(read)) => read,
+            Ok(None) | Err(_) => {
+                conn.release();
+                break;
+            }
+        };
+        server.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let immediate = match read {
+            BoundedLine::TooLong { bytes } => Some(ErrorReply::new(
+                None,
+                ErrorCode::TooLarge,
+                format!(
+                    "request line of {bytes} bytes is longer than {}",
+                    c.max_line_bytes
+                ),
+            )),
+            BoundedLine::Line => match protocol::parse_line(&buf, &limits) {
+                Err(reply) => Some(reply),
+                Ok(Line::Command { id, cmd }) => {
+                    let body = match cmd {
+                        Command::Ping => {
+                            let mut body = Map::new();
+                            body.insert("pong".into(), true.into());
+                            body
+                        }
+                        Command::Stats => server.stats_body(),
+                    };
+                    if reply.send((seq, response_line(id.as_ref(), body))).is_err() {
+                        server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None
+                }
+                Ok(Line::Infer(request)) => {
+                    server.stats.queue_depth.fetch_add(1, Ordering::SeqCst);
+                    let job = Job {
+                        seq,
+                        request,
+                        conn: conn.clone(),
+                        reply: reply.clone(),
+                        queued: Instant::now(),
+                    };
+                    match queue.try_send(job) {
+                        Ok(()) => None,
+                        Err(e) => {
+                            server.stats.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                            let (job, why) = match e {
+                                TrySendError::Full(job) => (
+                                    job,
+                                    format!("queue full ({} requests waiting)", c.max_queue),
+                                ),
+                                TrySendError::Disconnected(job) => {
+                                    (job, "the server is shutting down".to_string())
+                                }
+                            };
+                            Some(ErrorReply::new(job.request.id, ErrorCode::Busy, why))
+                        }
+                    }
+                }
+            },
+        };
+        if let Some(error) = immediate {
+            server.stats.error(error.code);
+            if reply.send((seq, error.to_line())).is_err() {
+                server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        seq += 1;
+        // A long line leaves a big buffer behind; keep idle connections small.
+        if buf.capacity() > 64 * 1024 {
+            buf = Vec::new();
+        }
+    }
+    // No more lines: the writer ends once the queued answers are written. Unblock a client
+    // still sending by closing our read side.
+    if let Some(s) = shutdown_handle {
+        let _ = s.shutdown(NetShutdown::Read);
+    }
+}
+
+fn write_loop(
+    server: &Server,
+    conn: &Conn,
+    mut stream: UnixStream,
+    replies: Receiver<(u64, String)>,
+) {
+    let mut next = 0u64;
+    let mut pending: BTreeMap<u64, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    'outer: while let Ok((seq, line)) = replies.recv() {
+        pending.insert(seq, line);
+        while let Some(line) = pending.remove(&next) {
+            out.clear();
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+            drop(line);
+            if let Err(e) = stream.write_all(&out) {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    log::warn!(
+                        "dropping a client that took no answer for {:?}",
+                        server.config.write_timeout
+                    );
+                    server.stats.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                }
+                server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+                break 'outer;
+            }
+            server.stats.answered.fetch_add(1, Ordering::Relaxed);
+            conn.touch();
+            next += 1;
+            conn.release();
+        }
+        if out.capacity() > 64 * 1024 {
+            out = Vec::new();
+        }
+    }
+    conn.close();
+    let _ = stream.shutdown(NetShutdown::Both);
+    // Whatever is still owed cannot be delivered; count it (jobs of a closed connection are
+    // skipped by the workers, and their senders end this loop).
+    server
+        .stats
+        .unanswered
+        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+    drop(pending);
+    while replies.recv().is_ok() {
+        server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn worker(server: &Server, jobs: &Mutex<Receiver<Job>>, watchdog: &systemd::Watchdog) {
+    loop {
+        let job = {
+            let jobs = jobs.lock().unwrap_or_else(|e| e.into_inner());
+            jobs.recv()
+        };
+        let Ok(job) = job else { return };
+        server.stats.queue_depth.fetch_sub(1, Ordering::SeqCst);
+        if job.conn.closed.load(Ordering::SeqCst) {
+            server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let request = &job.request;
+        let line = {
+            let _busy = watchdog.busy();
+            let answer = catch_unwind(AssertUnwindSafe(|| {
+                server.engine.answer(&request.text, &request.options)
+            }));
+            match answer {
+                Ok(Ok(body)) => response_line(request.id.as_ref(), body),
+                Ok(Err(e)) => {
+                    log::error!("request failed: {e:#}");
+                    server.stats.error(ErrorCode::Internal);
+                    ErrorReply::new(request.id.clone(), ErrorCode::Internal, format!("{e:#}"))
+                        .to_line()
+                }
+                Err(_) => {
+                    log::error!("request panicked");
+                    server.stats.error(ErrorCode::Internal);
+                    ErrorReply::new(
+                        request.id.clone(),
+                        ErrorCode::Internal,
+                        "inference panicked",
+                    )
+                    .to_line()
+                }
+            }
+        };
+        server.stats.inferences.fetch_add(1, Ordering::Relaxed);
+        let us = job.queued.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        server
+            .stats
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(us);
+        if job.reply.send((job.seq, line)).is_err() {
+            server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+fn seconds(s: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| anyhow!("{what} of {s} seconds is not valid"))
+}
+
+/// `electra-edge serve`: socket activation or `--socket`, signals, load, [`serve`], clean-up.
+pub fn run_cli(args: &crate::cli::ServeArgs) -> Result<()> {
+    // First, while single-threaded: a socket passed by systemd.
+    let activated = if args.print_budget {
+        None
+    } else {
+        systemd::listener_from_env().context("socket activation")?
+    };
+    let shutdown = Shutdown::new();
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal while shutting down exits at once (status 1).
+        signal_hook::flag::register_conditional_shutdown(signal, 1, shutdown.flag())
+            .context("cannot install signal handlers")?;
+        signal_hook::flag::register(signal, shutdown.flag())
+            .context("cannot install signal handlers")?;
+    }
+    let mode = parse_mode(&args.socket_mode)?;
+    let group = args.socket_group.as_deref().map(parse_group).transpose()?;
+    // Bind before the (slow) load: a live server is refused at once, and clients that connect
+    // during the load wait in the backlog.
+    let (listener, socket_file) = match (args.print_budget, activated, &args.socket) {
+        (true, _, _) => (None, None),
+        (false, Some(listener), _) => (Some(listener), None),
+        (false, None, Some(path)) => {
+            let (listener, file) = SocketFile::bind(path, mode, group)?;
+            (Some(listener), Some(file))
+        }
+        (false, None, None) => bail!("--socket PATH is required (no socket passed by systemd)"),
+    };
+    let _ = systemd::status("loading model");
+    let engine = Engine::load(&args.model.model, args.model.engine_options())?;
+    let mut config = ServerConfig::for_engine(&engine);
+    config.workers = args.workers;
+    config.max_connections = args.max_connections;
+    if let Some(bytes) = args.max_line_bytes {
+        config.max_line_bytes = bytes;
+    }
+    config.max_queue = args.max_queue;
+    config.max_in_flight = args.max_in_flight;
+    config.idle_timeout = seconds(args.idle_timeout, "--idle-timeout")?;
+    config.write_timeout = seconds(args.write_timeout, "--write-timeout")?;
+    config.check()?;
+    let Some(listener) = listener else {
+        let budget = Budget::measure(&engine, &config)?;
+        println!("{}", budget.to_json());
+        eprintln!("electra-edge: {budget}");
+        return Ok(());
+    };
+    let where_ = socket_file.as_ref().map_or_else(
+        || "the socket passed by systemd".to_string(),
+        |f| f.path.display().to_string(),
+    );
+    eprintln!("electra-edge: serving on {where_}");
+    let report = serve(Arc::new(engine), listener, config, shutdown)?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "electra-edge: stopped: {} connections ({} rejected), {} requests, {} answered, \
+         {} unanswered, {} slow clients dropped; peak RSS {:.1} MiB, budget {:.1} MiB",
+        report.connections,
+        report.rejected_connections,
+        report.requests,
+        report.answered,
+        report.unanswered,
+        report.dropped_slow_clients,
+        mib(report.peak_rss),
+        mib(report.budget.total),
+    );
+    drop(socket_file);
+    Ok(())
+}
