@@ -277,10 +277,18 @@ fn runner(kernel: Kernel) -> unsafe fn(&Job, usize, usize) {
     }
 }
 
-/// Runs the job over all panels, split over `threads` (1 = on the calling thread).
+/// Smallest share of a matmul worth a thread of its own.
+pub(crate) const MIN_MACS_PER_THREAD: usize = 2 << 20;
+
+/// Runs the job over all panels, split over up to `threads` threads (1 = on the calling
+/// thread; fewer when the matmul is too small to pay for the spawns).
 fn execute(kernel: Kernel, job: &Job, panels: usize, threads: usize) {
     let run = runner(kernel);
-    let threads = threads.clamp(1, panels.max(1));
+    // a spawned thread costs tens of microseconds: give each at least ~2M MACs (~30 us)
+    let macs = job.m * job.kq * 4 * job.n;
+    // (unit tests split even tiny matmuls, to exercise the threaded path)
+    let useful = if cfg!(test) { threads } else { macs / MIN_MACS_PER_THREAD };
+    let threads = threads.min(useful).clamp(1, panels.max(1));
     if threads == 1 {
         unsafe { run(job, 0, panels) };
         return;

@@ -402,33 +402,64 @@ mod tests {
         Ok(())
     }
 
-    /// Fused vs tract's own int8 path on the tiny fixture, per kernel: same outputs.
-    #[test]
-    fn fused_tiny_discriminator_matches_tract() -> TractResult<()> {
-        if !std::path::Path::new(TINY).exists() {
-            eprintln!("skipped: {TINY} not found");
-            return Ok(());
+    /// The int8 models to check: the tiny fixture's heads, the repo's demo models (uint8
+    /// weights) and any `INT8_FUSE_MODELS` (colon-separated paths, e.g. per-channel exports).
+    fn parity_models() -> Vec<String> {
+        let mut v: Vec<String> = ["discriminator", "classifier", "tagger", "encoder"]
+            .iter()
+            .map(|h| format!("/work/shared/fixtures/electra-tiny-zh/{h}/model.onnx"))
+            .collect();
+        for h in ["discriminator", "classifier", "tagger", "encoder"] {
+            v.push(format!("{}/models/demo/{h}/model.onnx", env!("CARGO_MANIFEST_DIR")));
         }
-        let base = typed(TINY)?;
-        let reference = base.clone().into_optimized()?.into_runnable()?;
-        for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
-            let mut fused = base.clone();
-            let count = fuse_quantized_matmuls_with(&mut fused, &FuseOptions { kernel: Some(kernel), threads: 2 })?;
-            let total = base.nodes().iter().filter(|n| n.op_as::<EinSum>().is_some_and(|e| e.q_params.is_some())).count();
-            assert_eq!(count, total, "{kernel}: every MatMulInteger chain fused");
-            assert!(fused.nodes().iter().all(|n| n.op.name() != "DynamicQuantizeLinearU8"));
-            let plan = fused.into_optimized()?.into_runnable()?;
-            for seq in [1, 7, 32] {
-                let want = reference.run(inputs(&base, seq)?)?;
-                let got = plan.run(inputs(&base, seq)?)?;
-                for (w, g) in want.iter().zip(&got) {
-                    let (w, g) = (w.cast_to::<f32>()?, g.cast_to::<f32>()?);
-                    let (w, g) = (w.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), g.try_as_plain_ram()?.as_slice::<f32>()?.to_vec());
-                    assert_eq!(w.len(), g.len());
-                    let max = w.iter().zip(&g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                    let scale = w.iter().map(|a| a.abs()).fold(0f32, f32::max).max(1e-6);
-                    eprintln!("{kernel} seq {seq}: fused {count} chains, max |diff| {max:e} (max |y| {scale:e})");
-                    assert!(max <= 1e-4 * scale, "{kernel} seq {seq}: max diff {max} vs scale {scale}");
+        if let Ok(extra) = std::env::var("INT8_FUSE_MODELS") {
+            v.extend(extra.split(':').filter(|s| !s.is_empty()).map(String::from));
+        }
+        v.into_iter().filter(|p| std::path::Path::new(p).exists()).collect()
+    }
+
+    /// Fused vs tract's own int8 path, per kernel: the same outputs (to float rounding).
+    #[test]
+    fn fused_matches_tract_int8() -> TractResult<()> {
+        let models = parity_models();
+        if models.is_empty() {
+            eprintln!("skipped: no int8 model found");
+        }
+        for path in models {
+            let base = typed(&path)?;
+            let reference = base.clone().into_optimized()?.into_runnable()?;
+            let total = base
+                .nodes()
+                .iter()
+                .filter(|n| n.op_as::<EinSum>().is_some_and(|e| e.q_params.is_some()))
+                .count();
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+                let mut fused = base.clone();
+                let opts = FuseOptions { kernel: Some(kernel), threads: 2 };
+                let count = fuse_quantized_matmuls_with(&mut fused, &opts)?;
+                assert_eq!(count, total, "{path} {kernel}: every MatMulInteger chain fused");
+                assert!(fused.nodes().iter().all(|n| n.op.name() != "DynamicQuantizeLinearU8"));
+                let plan = fused.into_optimized()?.into_runnable()?;
+                for seq in [1, 7, 32] {
+                    let t = std::time::Instant::now();
+                    let want = reference.run(inputs(&base, seq)?)?;
+                    let t_ref = t.elapsed().as_secs_f64() * 1e3;
+                    let t = std::time::Instant::now();
+                    let got = plan.run(inputs(&base, seq)?)?;
+                    let t_fused = t.elapsed().as_secs_f64() * 1e3;
+                    for (w, g) in want.iter().zip(&got) {
+                        let (w, g) = (w.cast_to::<f32>()?, g.cast_to::<f32>()?);
+                        let w = w.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+                        let g = g.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+                        assert_eq!(w.len(), g.len());
+                        let max = w.iter().zip(&g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        let scale = w.iter().map(|a| a.abs()).fold(0f32, f32::max).max(1e-6);
+                        eprintln!(
+                            "{path} {kernel} seq {seq}: {count} fused, max |diff| {max:e} (max |y| {scale:e}), \
+                             run {t_fused:.2} ms vs tract int8 {t_ref:.2} ms (one cold run each)"
+                        );
+                        assert!(max <= 1e-4 * scale, "{path} {kernel} seq {seq}: {max} vs {scale}");
+                    }
                 }
             }
         }
