@@ -1,0 +1,917 @@
+//! `electra-edge serve`: real Unix sockets in temp folders, in-process (`server::serve`) and as
+//! a process (the binary, SIGTERM). Run with `cargo test --release --test server`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{fixtures, TempDir};
+use electra_edge::engine::{Engine, EngineOptions};
+use electra_edge::protocol::{self, Limits};
+use electra_edge::server::{self, ServeReport, ServerConfig, Shutdown, SocketFile};
+use serde_json::{json, Value};
+
+fn tiny() -> PathBuf {
+    fixtures().join("electra-tiny-zh/discriminator")
+}
+
+/// One engine for all in-process tests of this binary.
+fn engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| Arc::new(Engine::load(&tiny(), EngineOptions::default()).unwrap()))
+        .clone()
+}
+
+/// An in-process server on a socket in its own temp folder.
+struct Running {
+    path: PathBuf,
+    shutdown: Shutdown,
+    handle: Option<JoinHandle<anyhow::Result<ServeReport>>>,
+    _dir: TempDir,
+}
+
+impl Running {
+    fn start(tag: &str, tune: impl FnOnce(&mut ServerConfig)) -> Running {
+        let dir = TempDir::new(tag);
+        let path = dir.path().join("s.sock");
+        let engine = engine();
+        let mut config = ServerConfig::for_engine(&engine);
+        config.poll_interval = Duration::from_millis(20);
+        tune(&mut config);
+        let listener = UnixListener::bind(&path).unwrap();
+        let shutdown = Shutdown::new();
+        let s = shutdown.clone();
+        let handle = std::thread::spawn(move || server::serve(engine, listener, config, s));
+        Running {
+            path,
+            shutdown,
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.path)
+    }
+
+    fn stats(&self) -> Value {
+        let s = self.client().ask(r#"{"cmd":"stats"}"#);
+        s["stats"].clone()
+    }
+
+    fn stop(mut self) -> ServeReport {
+        self.shutdown.trigger();
+        self.handle.take().unwrap().join().unwrap().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    fn connect(path: &Path) -> Client {
+        let stream = UnixStream::connect(path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// The next answer line, or `None` at end of stream (EOF or reset).
+    fn recv(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("answer is not JSON: {line:?}: {e}")),
+            ),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    fn ask(&mut self, line: &str) -> Value {
+        self.send(format!("{line}\n").as_bytes());
+        self.recv().expect("an answer")
+    }
+}
+
+fn code(v: &Value) -> Option<&str> {
+    v["error"]["code"].as_str()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocol and error paths (in-process)
+
+#[test]
+fn ping_stats_and_answers_match_run() {
+    let server = Running::start("basic", |_| {});
+    let mut c = server.client();
+    assert_eq!(
+        c.ask(r#"{"id":"p","cmd":"ping"}"#),
+        json!({"id":"p","pong":true})
+    );
+    let a = c.ask(r#"{"id":1,"text":"我爱北京天安门"}"#);
+    assert_eq!(a["id"], 1);
+    assert_eq!(a["task"], "discriminator");
+    assert_eq!(a["tokens"].as_array().unwrap().len(), 7);
+    // Same bytes as the stdin loop gives.
+    let mut out = Vec::new();
+    electra_edge::run::serve_lines(
+        &engine(),
+        &b"{\"id\":1,\"text\":\"\xe6\x88\x91\xe7\x88\xb1\xe5\x8c\x97\xe4\xba\xac\xe5\xa4\xa9\xe5\xae\x89\xe9\x97\xa8\"}\n"[..],
+        &mut out,
+    )
+    .unwrap();
+    let run: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(a, run);
+    // Plain text lines work too.
+    assert_eq!(
+        c.ask("北京").as_object().unwrap()["tokens"][1]["text"],
+        "京"
+    );
+
+    let s = c.ask(r#"{"id":[2],"cmd":"stats"}"#);
+    assert_eq!(s["id"], json!([2]));
+    let st = &s["stats"];
+    for key in [
+        "uptime_s",
+        "model",
+        "task",
+        "requests",
+        "answered",
+        "errors",
+        "latency_ms",
+        "queue_depth",
+        "connections",
+        "rss",
+        "rss_peak",
+        "budget",
+        "limits",
+    ] {
+        assert!(!st[key].is_null(), "stats lack {key}: {st}");
+    }
+    assert_eq!(st["task"], "discriminator");
+    assert_eq!(st["inferences"], 2);
+    assert_eq!(st["connections"], 1);
+    assert!(st["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    let budget = st["budget"]["total"].as_u64().unwrap();
+    assert!(st["rss"].as_u64().unwrap() > 0 && st["rss_peak"].as_u64().unwrap() < budget);
+    drop(c);
+    let report = server.stop();
+    assert_eq!(report.requests, 4);
+    assert_eq!((report.answered, report.unanswered), (4, 0));
+}
+
+#[test]
+fn every_bad_line_gets_one_error_and_the_connection_stays_usable() {
+    let server = Running::start("errors", |_| {});
+    let mut c = server.client();
+    let nested = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    let long_text = format!(r#"{{"id":"long","text":"{}"}}"#, "长".repeat(20_001));
+    let lines: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (b"\xff\xfe\x00 not utf-8".to_vec(), Some("invalid_utf8")),
+        (b"{\"id\":1,\"text\":\"a\x00b\"}".to_vec(), Some("bad_json")), // raw NUL in a string
+        (
+            b"{\"id\":2,\"text\":\"a\x01\x1fb\"}".to_vec(),
+            Some("bad_json"),
+        ), // raw controls
+        (br#"{"id":3,"text":"a\u0000b\u0001c"}"#.to_vec(), None),       // escaped: fine
+        (b"plain\x00text\x07with controls".to_vec(), None),
+        (b"{\"id\":4,\"text\":".to_vec(), Some("bad_json")),
+        (b"{}}".to_vec(), Some("bad_json")),
+        (b"{\"id\":5,\"text\":\"x\"".to_vec(), Some("bad_json")),
+        (nested.into_bytes(), Some("bad_json")),
+        (
+            br#"{"id":6,"text":"x","colour":"red"}"#.to_vec(),
+            Some("bad_request"),
+        ),
+        (
+            br#"{"id":7,"cmd":"ping","extra":1}"#.to_vec(),
+            Some("bad_request"),
+        ),
+        (br#"{"id":8,"cmd":"reboot"}"#.to_vec(), Some("bad_request")),
+        (br#"{"id":9,"text":42}"#.to_vec(), Some("bad_request")),
+        (br#"{"id":10,"text":"  "}"#.to_vec(), Some("empty_text")),
+        (b"".to_vec(), Some("empty_text")),
+        (long_text.into_bytes(), Some("too_large")),
+        (vec![b'x'; 200_000], Some("too_large")), // over max_line_bytes
+        (
+            r#"{"id":11,"text":"好","threshold":7}"#.as_bytes().to_vec(),
+            Some("bad_request"),
+        ),
+        (br#"[1,2,3]"#.to_vec(), None), // not an object: plain text
+        (r#"{"id":12,"text":"最后"}"#.as_bytes().to_vec(), None),
+    ];
+    for (line, _) in &lines {
+        c.send(line);
+        c.send(b"\n");
+    }
+    for (i, (line, want)) in lines.iter().enumerate() {
+        let got = c.recv().expect("one answer per line");
+        assert_eq!(
+            code(&got),
+            *want,
+            "line {i} ({:?}...) got {got}",
+            String::from_utf8_lossy(&line[..line.len().min(40)])
+        );
+    }
+    // The ids that could be read are echoed.
+    let last = c.ask(r#"{"id":"after","text":"还在"}"#);
+    assert_eq!(last["id"], "after");
+    assert_eq!(last["tokens"].as_array().unwrap().len(), 2);
+    let s = server.stats();
+    assert_eq!(s["errors"]["bad_json"], 6);
+    assert_eq!(s["errors"]["too_large"], 2);
+    drop(c);
+    let report = server.stop();
+    assert_eq!(report.answered, report.requests);
+}
+
+#[test]
+fn a_100_megabyte_line_is_streamed_through_and_refused() {
+    let server = Running::start("huge", |_| {});
+    let mut c = server.client();
+    let mut writer = c.writer.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b'a'; 1 << 20];
+        writer.write_all(b"{\"id\":1,\"text\":\"").unwrap();
+        for _ in 0..100 {
+            writer.write_all(&chunk).unwrap();
+        }
+        writer
+            .write_all("\"}\n{\"id\":2,\"text\":\"之后\"}\n".as_bytes())
+            .unwrap();
+    });
+    let first = c.recv().unwrap();
+    assert_eq!(code(&first), Some("too_large"), "{first}");
+    assert!(first["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("104857618 bytes"));
+    let second = c.recv().unwrap();
+    assert_eq!(second["id"], 2);
+    assert!(second["tokens"].is_array());
+    sender.join().unwrap();
+    drop(c);
+    server.stop();
+}
+
+#[test]
+fn disconnecting_mid_request_harms_nobody() {
+    let server = Running::start("disconnect", |_| {});
+    for partial in [
+        &b"{\"id\":1,\"te"[..],
+        &b"\xe6\x88"[..], // half a character
+        &b"{\"id\":2,\"text\":\"a long text that never ends"[..],
+    ] {
+        let mut c = server.client();
+        c.send(partial);
+        drop(c);
+    }
+    // Requests in flight when the client goes away.
+    let mut c = server.client();
+    for i in 0..4 {
+        c.send(format!("{{\"id\":{i},\"text\":\"{}\"}}\n", "字".repeat(500)).as_bytes());
+    }
+    drop(c);
+    let mut c = server.client();
+    assert_eq!(c.ask(r#"{"cmd":"ping"}"#)["pong"], true);
+    drop(c);
+    let report = server.stop();
+    assert_eq!(report.requests, report.answered + report.unanswered);
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_and_others_are_served() {
+    let server = Running::start("slow", |c| {
+        c.write_timeout = Duration::from_millis(500);
+        c.max_in_flight = 4;
+    });
+    let mut slow = server.client();
+    let mut slow_writer = slow.writer.try_clone().unwrap();
+    slow_writer
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // Big answers (raw logits, per-token scores) that no one reads.
+    let sender = std::thread::spawn(move || {
+        let line = format!(
+            "{{\"id\":0,\"text\":\"{}\",\"raw\":true}}\n",
+            "读".repeat(1_000)
+        );
+        let mut sent = 0usize;
+        for _ in 0..2_000 {
+            if slow_writer.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let started = Instant::now();
+    let mut other = server.client();
+    loop {
+        // Meanwhile the server answers others.
+        assert_eq!(other.ask(r#"{"id":"o","text":"你好"}"#)["id"], "o");
+        if server.stats()["dropped_slow_clients"] == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never dropped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent = sender.join().unwrap();
+    // The server stopped reading at the in-flight cap: far fewer than 2,000 lines went in.
+    assert!(sent < 2_000, "sent {sent}");
+    let s = server.stats();
+    assert!(
+        s["requests"].as_u64().unwrap() < 100,
+        "the server kept reading from a client that does not read: {s}"
+    );
+    // What the slow client gets: some answers, then the end of the stream.
+    slow.writer
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    while slow.recv().is_some() {}
+    drop(slow);
+    drop(other);
+    let report = server.stop();
+    assert_eq!(report.dropped_slow_clients, 1);
+    assert!(report.unanswered > 0);
+    assert_eq!(report.requests, report.answered + report.unanswered);
+}
+
+#[test]
+fn connections_over_the_cap_get_busy_then_close() {
+    let server = Running::start("conncap", |c| c.max_connections = 2);
+    let mut a = server.client();
+    let mut b = server.client();
+    assert_eq!(a.ask(r#"{"cmd":"ping"}"#)["pong"], true);
+    assert_eq!(b.ask(r#"{"cmd":"ping"}"#)["pong"], true);
+    let mut c = server.client();
+    let busy = c.recv().unwrap();
+    assert_eq!(code(&busy), Some("busy"), "{busy}");
+    assert!(c.recv().is_none(), "closed after the busy line");
+    drop(a);
+    // The freed slot is reusable (the count drops when both connection threads end).
+    let started = Instant::now();
+    loop {
+        let mut d = server.client();
+        d.send(b"{\"cmd\":\"ping\"}\n");
+        if d.recv().unwrap().get("pong").is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b.ask(r#"{"cmd":"ping"}"#)["pong"], true);
+}
+
+#[test]
+fn a_full_queue_answers_busy_in_order() {
+    let server = Running::start("queue", |c| {
+        c.max_queue = 1;
+        c.max_in_flight = 64;
+    });
+    let mut c = server.client();
+    let text = "满".repeat(2_000);
+    for i in 0..30 {
+        c.send(format!("{{\"id\":{i},\"text\":\"{text}\"}}\n").as_bytes());
+    }
+    let mut busy = 0;
+    for i in 0..30 {
+        let a = c.recv().unwrap();
+        assert_eq!(a["id"], i, "order kept");
+        match code(&a) {
+            Some("busy") => busy += 1,
+            None => assert!(a["tokens"].is_array()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(busy > 0 && busy < 30, "busy {busy}");
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    let server = Running::start("idle", |c| c.idle_timeout = Duration::from_millis(300));
+    let mut c = server.client();
+    assert_eq!(c.ask(r#"{"cmd":"ping"}"#)["pong"], true);
+    let started = Instant::now();
+    assert!(c.recv().is_none());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(server.stats()["idle_closed"], 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket file
+
+#[test]
+fn socket_file_stale_live_mode_and_removal() {
+    let dir = TempDir::new("sockfile");
+    let path = dir.path().join("s.sock");
+    // Stale: bound by a process that is gone (the file stays, nobody accepts).
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let (listener, file) = SocketFile::bind(&path, 0o660, None).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    // Live: refused, and the live socket is left alone.
+    let err = SocketFile::bind(&path, 0o660, None).unwrap_err();
+    assert!(format!("{err:#}").contains("already listening"), "{err:#}");
+    assert!(UnixStream::connect(&path).is_ok());
+    drop(listener);
+    drop(file);
+    assert!(!path.exists(), "removed on drop");
+    // Another mode and our own group.
+    let gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(dir.path()).unwrap());
+    let (_l, file) = SocketFile::bind(&path, 0o600, Some(gid)).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    drop(file);
+    // Not a socket: never removed.
+    std::fs::write(&path, "precious").unwrap();
+    assert!(SocketFile::bind(&path, 0o660, None).is_err());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    assert_eq!(server::parse_mode("0660").unwrap(), 0o660);
+    assert!(server::parse_mode("999").is_err());
+    assert_eq!(server::parse_group("0").unwrap(), 0);
+    assert_eq!(server::parse_group("root").unwrap(), 0);
+    assert!(server::parse_group("no-such-group-here").is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parser fuzzing (std-only, bounded)
+
+#[test]
+fn parser_fuzz_never_panics_and_keeps_its_contract() {
+    let seeds: [&[u8]; 8] = [
+        r#"{"id":1,"text":"我爱北京","raw":true,"threshold":0.3}"#.as_bytes(),
+        br#"{"id":{"a":[1,2]},"cmd":"stats"}"#,
+        br#"{"text":"x","pooling":"cls","normalize":false,"tokens":true}"#,
+        "纯文本的一行".as_bytes(),
+        b"[[[[[[[[[[]]]]]]]]]]",
+        br#"{"id":"\ud800","text":"\u0000"}"#,
+        b"{\"a\":{\"a\":{\"a\":{\"a\":1}}}}",
+        b"\r\n\t {",
+    ];
+    let alphabet: &[u8] =
+        b"{}[]\":,\\0123456789.eE+-truefalsn \t\r\x00\x7f\xff\xe6\x88\x91idtextcmd";
+    let limits = Limits { max_chars: 64 };
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut cases = 0u64;
+    while Instant::now() < deadline {
+        let mut line = seeds[(rand() % seeds.len() as u64) as usize].to_vec();
+        for _ in 0..(rand() % 6) {
+            let at = (rand() as usize) % (line.len() + 1);
+            match rand() % 4 {
+                0 if !line.is_empty() => {
+                    line.remove(at.min(line.len() - 1));
+                }
+                1 => line.insert(at, alphabet[(rand() as usize) % alphabet.len()]),
+                2 => {
+                    let b = line.clone();
+                    let from = (rand() as usize) % (b.len() + 1);
+                    line.splice(at..at, b[from..].iter().copied());
+                }
+                _ => line.truncate(at),
+            }
+        }
+        line.truncate(4096);
+        match protocol::parse_line(&line, &limits) {
+            Ok(protocol::Line::Infer(r)) => {
+                assert!(!r.text.trim().is_empty());
+                assert!(r.text.chars().count() <= 64);
+            }
+            Ok(protocol::Line::Command { .. }) => {}
+            Err(e) => {
+                // The error line is one valid JSON line.
+                let l = e.to_line();
+                assert!(!l.contains('\n'));
+                let v: Value = serde_json::from_str(&l).unwrap();
+                assert_eq!(v["error"]["code"], e.code.as_str());
+            }
+        }
+        // The bounded reader splits the same bytes into the same lines at any buffer size.
+        let cap = 1 + (rand() as usize) % 16;
+        let mut reader = BufReader::with_capacity(cap, &line[..]);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        while let Some(r) = protocol::read_bounded_line(&mut reader, &mut buf, 8).unwrap() {
+            got.push((r, buf.clone()));
+        }
+        let want: Vec<_> = if line.is_empty() {
+            vec![]
+        } else {
+            let mut parts: Vec<&[u8]> = line.split(|&b| b == b'\n').collect();
+            if line.ends_with(b"\n") {
+                parts.pop();
+            }
+            parts
+                .into_iter()
+                .map(|p| {
+                    if p.len() > 8 {
+                        (protocol::BoundedLine::TooLong { bytes: p.len() }, vec![])
+                    } else {
+                        (protocol::BoundedLine::Line, p.to_vec())
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&line));
+        cases += 1;
+    }
+    assert!(cases > 1_000, "only {cases} cases");
+}
+
+// ---------------------------------------------------------------------------------------------
+// As a process: socat, signals, stale/live, load
+
+fn electra_edge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_electra-edge"))
+}
+
+struct Process {
+    child: Child,
+    path: PathBuf,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Process {
+    fn start(dir: &Path, extra: &[&str]) -> Process {
+        let path = dir.join("s.sock");
+        let mut child = electra_edge()
+            .arg("serve")
+            .arg("--model")
+            .arg(tiny())
+            .arg("--socket")
+            .arg(&path)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let p = Process {
+            child,
+            path,
+            stderr: Some(stderr),
+        };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(s) = UnixStream::connect(&self.path) {
+                let mut c = Client {
+                    reader: BufReader::new(s.try_clone().unwrap()),
+                    writer: s,
+                };
+                c.send(b"{\"cmd\":\"ping\"}\n");
+                if c.recv().is_some_and(|v| v["pong"] == true) {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "never ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn vm(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
+    /// Waits for the exit (bounded) and returns (success, stderr).
+    fn wait(mut self, limit: Duration) -> (bool, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("no exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (
+            status.success(),
+            self.stderr.take().unwrap().join().unwrap(),
+        )
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// The numbers of the `stopped:` line printed at exit.
+fn stopped_counts(stderr: &str) -> (u64, u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("stopped:"))
+        .unwrap_or_else(|| panic!("no stopped line in {stderr}"));
+    let number_before = |word: &str| -> u64 {
+        let i = line.find(word).unwrap();
+        line[..i]
+            .trim_end()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (
+        number_before(" requests"),
+        number_before(" answered"),
+        number_before(" unanswered"),
+    )
+}
+
+#[test]
+fn process_socat_mode_stale_live_and_sigterm() {
+    let dir = TempDir::new("proc");
+    let server = Process::start(dir.path(), &[]);
+    let mode = std::fs::metadata(&server.path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+    // The README's socat example, when socat is installed.
+    if Command::new("socat").arg("-V").output().is_ok() {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '{{\"id\":1,\"text\":\"我爱北京天安门\"}}\\n' | socat - UNIX-CONNECT:{}",
+                server.path.display()
+            ))
+            .output()
+            .unwrap();
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["id"], 1);
+        assert_eq!(answer["tokens"].as_array().unwrap().len(), 7);
+    }
+    // A second server on the same live socket is refused, and leaves it alone.
+    let out = electra_edge()
+        .args(["serve", "--model"])
+        .arg(tiny())
+        .arg("--socket")
+        .arg(&server.path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already listening"), "{err}");
+    server.wait_ready();
+    // SIGTERM: exit 0, socket file gone.
+    server.signal("TERM");
+    let path = server.path.clone();
+    let (ok, stderr) = server.wait(Duration::from_secs(10));
+    assert!(ok, "{stderr}");
+    assert!(!path.exists());
+    // A crash leaves a stale file; the next start replaces it.
+    let mut crashed = Process::start(dir.path(), &["--socket-mode", "0600"]);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    crashed.child.kill().unwrap();
+    crashed.child.wait().unwrap();
+    assert!(path.exists(), "SIGKILL leaves the socket file behind");
+    let again = Process::start(dir.path(), &[]);
+    again.signal("INT");
+    let (ok, stderr) = again.wait(Duration::from_secs(10));
+    assert!(ok, "{stderr}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn print_budget_prints_the_formula_parts() {
+    let out = electra_edge()
+        .args(["serve", "--print-budget", "--max-chars", "2000", "--model"])
+        .arg(tiny())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let get = |k: &str| b[k].as_u64().unwrap();
+    assert_eq!(
+        get("total"),
+        get("base") + get("workers") + get("connections") + get("queue") + get("slack")
+    );
+    assert_eq!(get("connections"), 64 * get("per_connection"));
+    assert!(get("base") > get("model_file"));
+}
+
+/// Clients per load test (the issue's number).
+const CLIENTS: usize = 64;
+/// Requests per client (the issue's number): 64,000 short texts, ~4,000/s on 2 cores.
+const REQUESTS_PER_CLIENT: usize = 1_000;
+
+/// One client of the load tests: sends `n` requests with up to 4 in flight, checks every
+/// answer's id and order. Returns how many answers came back (fewer only after shutdown).
+fn load_client(path: &Path, client: usize, n: usize, stop_on_eof: bool) -> usize {
+    let mut c = Client::connect(path);
+    let mut writer = c.writer.try_clone().unwrap();
+    let ids: Vec<String> = (0..n).map(|i| format!("c{client}-{i}")).collect();
+    let to_send = ids.clone();
+    let sender = std::thread::spawn(move || {
+        for (i, id) in to_send.iter().enumerate() {
+            let text = ["你好", "今天天气很好", "我爱北京天安门", "边缘设备"][i % 4];
+            let line = format!("{{\"id\":\"{id}\",\"text\":\"{text}\"}}\n");
+            if writer.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = 0;
+    while got < n {
+        match c.recv() {
+            Some(a) => {
+                assert_eq!(a["id"], ids[got].as_str(), "answer out of order: {a}");
+                assert_eq!(code(&a), None, "error under load: {a}");
+                assert!(a["tokens"].is_array());
+                got += 1;
+            }
+            None if stop_on_eof => break,
+            None => panic!("client {client}: stream ended after {got} answers"),
+        }
+    }
+    if !stop_on_eof {
+        c.writer.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(c.recv().is_none(), "no extra answers");
+    }
+    let _ = sender.join();
+    got
+}
+
+#[test]
+fn load_64_clients_every_request_answered_once_within_budget() {
+    let dir = TempDir::new("load");
+    // 64 clients pipelining 4 deep = 256 requests at once: the queue holds them all.
+    let server = Process::start(
+        dir.path(),
+        &[
+            "--workers",
+            "2",
+            "--max-queue",
+            "256",
+            "--max-chars",
+            "2000",
+        ],
+    );
+    let budget = {
+        let mut c = Client::connect(&server.path);
+        c.ask(r#"{"cmd":"stats"}"#)["stats"]["budget"]["total"]
+            .as_u64()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let path = server.path.clone();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let path = path.clone();
+            std::thread::spawn(move || load_client(&path, i, REQUESTS_PER_CLIENT, false))
+        })
+        .collect();
+    // RSS sampled while the load runs.
+    let mut samples = vec![];
+    while !clients.iter().all(|c| c.is_finished()) {
+        samples.push(server.vm("VmRSS:"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for c in clients {
+        assert_eq!(c.join().unwrap(), REQUESTS_PER_CLIENT);
+    }
+    let elapsed = started.elapsed();
+    let total = CLIENTS * REQUESTS_PER_CLIENT;
+    eprintln!(
+        "load: {total} requests from {CLIENTS} clients in {elapsed:.1?} ({:.0}/s)",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    let stats = Client::connect(&server.path).ask(r#"{"cmd":"stats"}"#)["stats"].clone();
+    assert_eq!(stats["inferences"], total as u64);
+    assert_eq!(stats["errors"]["busy"], 0);
+    let hwm = server.vm("VmHWM:");
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "load: {} RSS samples {:.1}..{:.1} MiB, peak {:.1} MiB, budget {:.1} MiB",
+        samples.len(),
+        mib(*samples.iter().min().unwrap_or(&0)),
+        mib(*samples.iter().max().unwrap_or(&0)),
+        mib(hwm),
+        mib(budget)
+    );
+    assert!(hwm <= budget, "peak RSS {hwm} over the budget {budget}");
+    // Flat: the second half of the run does not grow past the first half's peak (+ 8 MiB for
+    // allocator noise).
+    if samples.len() >= 4 {
+        let half = samples.len() / 2;
+        let first = *samples[..half].iter().max().unwrap();
+        let second = *samples[half..].iter().max().unwrap();
+        assert!(
+            second <= first + (8 << 20),
+            "RSS grew under steady load: {samples:?}"
+        );
+    }
+    server.signal("TERM");
+    let (ok, stderr) = server.wait(Duration::from_secs(20));
+    assert!(ok, "{stderr}");
+    let (requests, answered, unanswered) = stopped_counts(&stderr);
+    assert_eq!((answered, unanswered), (requests, 0));
+}
+
+#[test]
+fn sigterm_under_load_answers_every_accepted_request() {
+    let dir = TempDir::new("term");
+    let server = Process::start(dir.path(), &["--workers", "2", "--max-queue", "256"]);
+    let path = server.path.clone();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let path = path.clone();
+            std::thread::spawn(move || load_client(&path, i, 100_000, true))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.signal("TERM");
+    let (ok, stderr) = server.wait(Duration::from_secs(30));
+    assert!(ok, "exit status not 0: {stderr}");
+    assert!(!path.exists(), "socket file left behind");
+    let received: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let (requests, answered, unanswered) = stopped_counts(&stderr);
+    eprintln!("shutdown under load: {requests} requests read, {received} answers received");
+    assert!(received > 0);
+    assert_eq!(unanswered, 0, "{stderr}");
+    assert_eq!(answered, requests, "{stderr}");
+    // The server also answered the readiness ping of `Process::start`.
+    assert_eq!(received as u64 + 1, answered, "{stderr}");
+}
