@@ -24,6 +24,7 @@ use tract_core::ops::cast::Cast;
 use tract_core::ops::change_axes::AxisOp;
 use tract_core::ops::einsum::EinSum;
 
+use super::sidecar::Sidecar;
 use super::{pack_weights, quantized_matmul_f32, Kernel, PackedWeights};
 
 /// `y = DynamicQuantizeLinear(x) x W` dequantized, plus bias: the whole quantize_dynamic
@@ -148,37 +149,85 @@ pub fn fuse_quantized_matmuls(model: &mut TypedModel) -> TractResult<usize> {
 
 /// [`fuse_quantized_matmuls`] with options.
 pub fn fuse_quantized_matmuls_with(model: &mut TypedModel, opts: &FuseOptions) -> TractResult<usize> {
+    Ok(fuse_quantized_matmuls_from(model, opts, None)?.fused)
+}
+
+/// What [`fuse_quantized_matmuls_from`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FuseReport {
+    /// Chains replaced by a [`QMatMul`].
+    pub fused: usize,
+    /// Of those, how many take their weights from the sidecar (the others were packed on the
+    /// heap: absent from the sidecar, or not matching the model's weights).
+    pub from_sidecar: usize,
+}
+
+/// [`fuse_quantized_matmuls_with`], taking the packed weights from a [`Sidecar`] (memory
+/// map) when it has them, checked against the model's weights (shape, signedness, zero
+/// points, first and last panel's first k-quad); the caller checks the sidecar's fingerprint.
+pub fn fuse_quantized_matmuls_from(
+    model: &mut TypedModel,
+    opts: &FuseOptions,
+    sidecar: Option<&Sidecar>,
+) -> TractResult<FuseReport> {
     let candidates: Vec<usize> = model
         .nodes()
         .iter()
         .filter(|n| n.op_as::<EinSum>().is_some_and(|e| e.q_params == Some(DatumType::I32)))
         .map(|n| n.id)
         .collect();
-    let mut fused = 0;
+    let mut report = FuseReport::default();
     for id in candidates {
         let Some(chain) = match_chain(model, id)? else {
             log::debug!("int8 fuse: {} left to tract", model.node(id).name);
             continue;
         };
+        let name = format!("{}.qmatmul", model.node(id).name);
+        let mapped = match sidecar.and_then(|s| s.get(&name)) {
+            Some(Ok(w)) if chain.matches(&w) => Some(w),
+            Some(Ok(_)) => {
+                log::warn!("int8 sidecar: {name} does not match the model's weights, packing");
+                None
+            }
+            Some(Err(e)) => {
+                log::warn!("int8 sidecar: {name}: {e:#}, packing");
+                None
+            }
+            None => None,
+        };
+        report.from_sidecar += mapped.is_some() as usize;
+        let weights = match mapped {
+            Some(w) => w,
+            None => pack_weights(&chain.w_bytes()?, chain.signed, chain.k, chain.n, &chain.zp),
+        };
         let op = QMatMul {
-            weights: chain.weights,
+            weights,
             w_scale: chain.w_scale,
             bias: chain.bias,
             kernel: opts.kernel,
             threads: opts.threads.max(1),
         };
-        let name = format!("{}.qmatmul", model.node(id).name);
         let mut patch = TypedModelPatch::new(format!("int8 fuse {name}"));
         let x = patch.tap_model(model, chain.x)?;
         let y = patch.wire_node(name, op, &[x])?[0];
         patch.shunt_outside(model, chain.last, y)?;
         patch.apply(model)?;
-        fused += 1;
+        report.fused += 1;
     }
-    if fused > 0 {
+    if report.fused > 0 {
         model.compact()?;
     }
-    Ok(fused)
+    Ok(report)
+}
+
+/// The packed weights of every [`QMatMul`] of a (fused) model, by node name: what
+/// [`super::sidecar::sidecar_bytes`] writes.
+pub fn packed_weights_of(model: &TypedModel) -> Vec<(String, PackedWeights)> {
+    model
+        .nodes()
+        .iter()
+        .filter_map(|n| n.op_as::<QMatMul>().map(|op| (n.name.clone(), op.weights.clone())))
+        .collect()
 }
 
 struct Chain {
@@ -186,9 +235,59 @@ struct Chain {
     x: OutletId,
     /// The outlet the fused op replaces (the Mul, or the bias Add).
     last: OutletId,
-    weights: PackedWeights,
+    /// The weight constant, `[.., K, N]` with leading 1s.
+    w: Arc<Tensor>,
+    signed: bool,
+    k: usize,
+    n: usize,
+    /// Weight zero point bytes (1 or N), same signedness as the weights.
+    zp: Vec<u8>,
     w_scale: Arc<[f32]>,
     bias: Option<Arc<[f32]>>,
+}
+
+impl Chain {
+    fn w_bytes(&self) -> TractResult<Vec<u8>> {
+        tensor_bytes(&self.w, self.signed)
+    }
+
+    /// Whether packed weights (from a sidecar) are this chain's: shape, signedness, zero
+    /// points, and the first k-quad of the first and last panels.
+    fn matches(&self, w: &PackedWeights) -> bool {
+        if w.k() != self.k || w.n() != self.n || w.from_u8() == self.signed {
+            return false;
+        }
+        let conv = |b: u8| -> i32 { if self.signed { b as i8 as i32 } else { b as i32 - 128 } };
+        let zp_ok = (0..self.n).all(|j| {
+            let z = match self.zp.len() {
+                1 => self.zp[0],
+                _ => self.zp[j],
+            };
+            w.zero_points()[j] == conv(z)
+        });
+        let Ok(raw) = self.w_bytes() else { return false };
+        let data = w.data();
+        let panels = [0, w.panels() - 1];
+        zp_ok
+            && panels.iter().all(|&p| {
+                (0..8).all(|j| {
+                    let col = p * 8 + j;
+                    (0..4.min(self.k)).all(|kk| {
+                        let packed = data[p * w.kq() * 32 + j * 4 + kk] as i8 as i32;
+                        let want = if col < self.n { conv(raw[kk * self.n + col]) } else { 0 };
+                        packed == want
+                    })
+                })
+            })
+    }
+}
+
+fn tensor_bytes(t: &Tensor, signed: bool) -> TractResult<Vec<u8>> {
+    Ok(if signed {
+        t.try_as_plain_ram()?.as_slice::<i8>()?.iter().map(|&v| v as u8).collect()
+    } else {
+        t.try_as_plain_ram()?.as_slice::<u8>()?.to_vec()
+    })
 }
 
 /// Follows pure shape changes (AddAxis, RmAxis, Reshape: row-major order unchanged) upwards.
@@ -292,13 +391,6 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
     if wzp.datum_type() != w.datum_type() || !(wzp.len() == 1 || wzp.len() == n) {
         return Ok(None);
     }
-    let bytes = |t: &Tensor| -> TractResult<Vec<u8>> {
-        Ok(if signed {
-            t.try_as_plain_ram()?.as_slice::<i8>()?.iter().map(|&v| v as u8).collect()
-        } else {
-            t.try_as_plain_ram()?.as_slice::<u8>()?.to_vec()
-        })
-    };
     // -> Cast(f32)
     let Some((c, _)) = single_succ(model, OutletId::new(id, 0)) else { return Ok(None) };
     let cn = model.node(c);
@@ -353,8 +445,8 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
             }
         }
     }
-    let weights = pack_weights(&bytes(&w)?, signed, k, n, &bytes(&wzp)?);
-    Ok(Some(Chain { x, last, weights, w_scale: Arc::from(w_scale), bias }))
+    let zp = tensor_bytes(&wzp, signed)?;
+    Ok(Some(Chain { x, last, w, signed, k, n, zp, w_scale: Arc::from(w_scale), bias }))
 }
 
 #[cfg(test)]
@@ -466,29 +558,99 @@ mod tests {
         Ok(())
     }
 
-    /// Timing on the small fixture (ignored: slow, prints numbers):
-    /// `cargo test --release --lib int8::op::tests::small_model_timing -- --ignored --nocapture`
+    /// Weights written to a sidecar, mapped back, used by the fused op; a sidecar of another
+    /// model is refused entry by entry; a truncated one is refused.
+    #[test]
+    fn sidecar_round_trip() -> TractResult<()> {
+        use crate::int8::sidecar::{fingerprint, sidecar_bytes, write_sidecar};
+        let demo = format!("{}/models/demo/discriminator/model.onnx", env!("CARGO_MANIFEST_DIR"));
+        if !std::path::Path::new(TINY).exists() || !std::path::Path::new(&demo).exists() {
+            eprintln!("skipped: models not found");
+            return Ok(());
+        }
+        let base = typed(TINY)?;
+        let mut heap = base.clone();
+        let fused = fuse_quantized_matmuls(&mut heap)?;
+        let entries = packed_weights_of(&heap);
+        assert_eq!(entries.len(), fused);
+        let fp = fingerprint(&std::fs::read(TINY)?);
+        let bytes = sidecar_bytes(entries.iter().map(|(n, w)| (n.as_str(), w)), fp);
+        let dir = std::env::temp_dir().join(format!("ee-int8-sidecar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("model.onnx.int8pack");
+        write_sidecar(&path, &bytes)?;
+        let map = unsafe { memmap2::Mmap::map(&std::fs::File::open(&path)?)? };
+        let side = Sidecar::parse(Arc::new(map))?;
+        assert_eq!((side.len(), side.fingerprint()), (fused, fp));
+
+        let mut mapped = base.clone();
+        let report = fuse_quantized_matmuls_from(&mut mapped, &FuseOptions::default(), Some(&side))?;
+        assert_eq!(report, FuseReport { fused, from_sidecar: fused });
+        assert!(packed_weights_of(&mapped).iter().all(|(_, w)| w.is_shared()));
+        let (a, b) = (heap.into_optimized()?.into_runnable()?, mapped.into_optimized()?.into_runnable()?);
+        let (ya, yb) = (a.run(inputs(&base, 9)?)?, b.run(inputs(&base, 9)?)?);
+        assert_eq!(ya[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?,
+                   yb[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?);
+
+        // another model's sidecar (same node names, uint8 weights): nothing taken from it
+        let mut other = typed(&demo)?;
+        let report = fuse_quantized_matmuls_from(&mut other, &FuseOptions::default(), Some(&side))?;
+        assert_eq!(report.from_sidecar, 0);
+        assert_eq!(report.fused, 15);
+
+        // truncated: refused at parse time or per entry
+        let cut: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes[..bytes.len() - 100].to_vec());
+        match Sidecar::parse(cut) {
+            Err(_) => {}
+            Ok(s) => assert!(entries.iter().any(|(n, _)| s.get(n).is_none_or(|r| r.is_err()))),
+        }
+        let short: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes[..40].to_vec());
+        assert!(Sidecar::parse(short).is_err());
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    /// Timing (ignored: slow, prints numbers), one thread, best of `INT8_TIMING_RUNS` (10):
+    /// `cargo test --release --lib int8::op::tests::model_timing -- --ignored --nocapture`.
+    /// `INT8_TIMING_MODEL` (default: the small fixture's discriminator; its `model.fp32.onnx`
+    /// is timed too when present), `INT8_TIMING_SEQS` (default `8,32,128,512`),
+    /// `INT8_TIMING_TRACT=1` adds tract's own int8 path (slow on x86).
     #[test]
     #[ignore]
-    fn small_model_timing() -> TractResult<()> {
-        let dir = "/work/shared/fixtures/electra-small-zh/discriminator";
+    fn model_timing() -> TractResult<()> {
+        let path = std::env::var("INT8_TIMING_MODEL")
+            .unwrap_or("/work/shared/fixtures/electra-small-zh/discriminator/model.onnx".into());
+        let seqs: Vec<usize> = std::env::var("INT8_TIMING_SEQS")
+            .unwrap_or("8,32,128,512".into())
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        let runs: usize = std::env::var("INT8_TIMING_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
         let t = std::time::Instant::now();
-        let base = typed(&format!("{dir}/model.onnx"))?;
-        eprintln!("int8 parse+typed: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        let base = typed(&path)?;
+        eprintln!("{path}: int8 parse+typed {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
         let mut fused = base.clone();
         let t = std::time::Instant::now();
         let count = fuse_quantized_matmuls(&mut fused)?;
-        eprintln!("fuse: {count} chains in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        eprintln!("fuse: {count} chains in {:.0} ms (kernel {})", t.elapsed().as_secs_f64() * 1e3, Kernel::default_choice());
         let t = std::time::Instant::now();
         let plan = fused.into_optimized()?.into_runnable()?;
         eprintln!("fused optimize+plan: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
-        let f32plan = typed(&format!("{dir}/model.fp32.onnx"))?.into_optimized()?.into_runnable()?;
-        let tract_int8 = std::env::var("INT8_TIMING_TRACT").is_ok();
-        let reference = if tract_int8 { Some(base.clone().into_optimized()?.into_runnable()?) } else { None };
-        for seq in [8, 32, 128, 512] {
+        let f32path = std::path::Path::new(&path).with_file_name("model.fp32.onnx");
+        let f32plan = if f32path.exists() {
+            Some(typed(f32path.to_str().unwrap())?.into_optimized()?.into_runnable()?)
+        } else {
+            None
+        };
+        let reference = if std::env::var("INT8_TIMING_TRACT").is_ok() {
+            Some(base.clone().into_optimized()?.into_runnable()?)
+        } else {
+            None
+        };
+        for seq in seqs {
             let time = |p: &Arc<TypedRunnableModel>, n: usize| -> TractResult<(f64, TVec<TValue>)> {
                 let mut best = f64::MAX;
-                let mut out = tvec![];
+                let mut out = p.run(inputs(&base, seq)?)?; // warm-up
                 for _ in 0..n {
                     let i = inputs(&base, seq)?;
                     let t = std::time::Instant::now();
@@ -497,20 +659,20 @@ mod tests {
                 }
                 Ok((best, out))
             };
-            let (tf, yf) = time(&plan, 10)?;
-            let (t32, y32) = time(&f32plan, 10)?;
             let diff = |a: &TVec<TValue>, b: &TVec<TValue>| -> TractResult<f32> {
                 let a = a[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
                 let b = b[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
                 Ok(a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max))
             };
-            let mut line = format!(
-                "seq {seq}: fused int8 {tf:.2} ms, tract f32 {t32:.2} ms, max |fused - f32| {:.3e}",
-                diff(&yf, &y32)?
-            );
+            let (tf, yf) = time(&plan, runs)?;
+            let mut line = format!("seq {seq}: fused int8 {tf:.2} ms");
+            if let Some(p) = &f32plan {
+                let (t32, y32) = time(p, runs)?;
+                line += &format!(", tract f32 {t32:.2} ms, max |fused - f32| {:.3e}", diff(&yf, &y32)?);
+            }
             if let Some(r) = &reference {
-                let (ti, yi) = time(r, 1)?;
-                line += &format!(", tract int8 {ti:.1} ms, max |fused - tract int8| {:.3e}", diff(&yf, &yi)?);
+                let (ti, yi) = time(r, runs.min(3))?;
+                line += &format!(", tract int8 {ti:.2} ms, max |fused - tract int8| {:.3e}", diff(&yf, &yi)?);
             }
             eprintln!("{line}");
         }
