@@ -18,7 +18,8 @@
 //! use electra_edge::systemd;
 //! // 1. Very first thing, while still single-threaded: take the passed socket (if any).
 //! let listener = systemd::listener_from_env()?;
-//! // 2. Start the watchdog before the (slow) model load, so the load is covered by pings.
+//! // 2. The watchdog (systemd enforces it only after READY=1; start-up is bounded by
+//! //    TimeoutStartSec=, which EXTEND_TIMEOUT_USEC can stretch).
 //! let watchdog = systemd::Watchdog::from_env();
 //! systemd::status("loading model")?;
 //! // ... load, self-check ...
@@ -220,7 +221,8 @@ pub fn ping_period(interval: Duration) -> Duration {
 ///   with `Restart=on-failure`, starts a fresh one. If progress resumes before that, pings
 ///   resume too.
 ///
-/// Create it early (before loading the model) so a long start-up is covered by pings; with no
+/// systemd arms the watchdog once start-up is complete (after `READY=1`); pings sent earlier
+/// are harmless, so the watchdog may be created at any point before `READY=1`. With no
 /// `WATCHDOG_USEC` it is disabled and every method is still cheap and safe to call. The handle
 /// is `Clone` (share it with the workers); the timer thread stops when the last handle is
 /// dropped (it holds only a `Weak` reference) or on [`Watchdog::stop`].
@@ -608,7 +610,7 @@ fn proc_net_unix_lookup(ino: u64) -> Option<(u32, bool)> {
 }
 
 /// Parse `/proc/net/unix` text: `Num RefCount Protocol Flags Type St Inode [Path]`.
-pub fn parse_proc_net_unix(text: &str, ino: u64) -> Option<(u32, bool)> {
+fn parse_proc_net_unix(text: &str, ino: u64) -> Option<(u32, bool)> {
     const SO_ACCEPTCON: u32 = 0x10000;
     for line in text.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
