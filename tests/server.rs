@@ -915,3 +915,67 @@ fn sigterm_under_load_answers_every_accepted_request() {
     // The server also answered the readiness ping of `Process::start`.
     assert_eq!(received as u64 + 1, answered, "{stderr}");
 }
+
+#[test]
+fn worst_case_the_limits_allow_stays_within_budget() {
+    // Every connection holds `max_in_flight` of the longest answers (max_chars characters, raw
+    // logits on) while its client reads nothing; both workers build such answers.
+    let dir = TempDir::new("worst");
+    let server = Process::start(
+        dir.path(),
+        &[
+            "--workers",
+            "2",
+            "--max-chars",
+            "2000",
+            "--raw",
+            "--max-connections",
+            "65",
+            "--max-queue",
+            "256",
+            "--write-timeout",
+            "120",
+        ],
+    );
+    let mut stats = Client::connect(&server.path);
+    let budget = stats.ask(r#"{"cmd":"stats"}"#)["stats"]["budget"]["total"]
+        .as_u64()
+        .unwrap();
+    let text: String = "我爱北京天安门，今天天气很好。"
+        .chars()
+        .cycle()
+        .take(2000)
+        .collect();
+    let mut clients: Vec<Client> = (0..64)
+        .map(|i| {
+            let mut c = Client::connect(&server.path);
+            for j in 0..4 {
+                c.send(format!("{{\"id\":\"{i}-{j}\",\"text\":\"{text}\"}}\n").as_bytes());
+            }
+            c
+        })
+        .collect();
+    let started = Instant::now();
+    loop {
+        let s = stats.ask(r#"{"cmd":"stats"}"#)["stats"].clone();
+        if s["inferences"] == 256 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hwm = server.vm("VmHWM:");
+    eprintln!(
+        "worst case: peak RSS {:.1} MiB, budget {:.1} MiB",
+        hwm as f64 / (1 << 20) as f64,
+        budget as f64 / (1 << 20) as f64
+    );
+    assert!(hwm <= budget, "peak RSS {hwm} over the budget {budget}");
+    for (i, c) in clients.iter_mut().enumerate() {
+        for j in 0..4 {
+            let a = c.recv().unwrap();
+            assert_eq!(a["id"], format!("{i}-{j}"));
+            assert_eq!(a["tokens"].as_array().unwrap().len(), 2000);
+        }
+    }
+}
