@@ -323,14 +323,18 @@ fn prepare<'p>(
     w: &'p PackedWeights,
 ) -> (Kernel, PackedA, Vec<i32>) {
     let kernel = Kernel::resolve(Some(kernel));
-    let (_, fmt) = config(kernel);
     let pa = pack_a(kernel, a, m, w.k(), za);
-    let off = match fmt {
+    let colterm = colterm_for(kernel, za, w);
+    (kernel, pa, colterm)
+}
+
+/// `za' * colsum[n]` for the kernel's A format.
+fn colterm_for(kernel: Kernel, za: u8, w: &PackedWeights) -> Vec<i32> {
+    let off = match config(kernel).1 {
         AFormat::I16MinusZa => 0,
         AFormat::I8Shifted => 128 - za as i32,
     };
-    let colterm = w.colsum().iter().map(|c| c.wrapping_mul(off)).collect();
-    (kernel, pa, colterm)
+    w.colsum().iter().map(|c| c.wrapping_mul(off)).collect()
 }
 
 /// Exact integer GEMM: `c[m,n] = sum_k (a[m,k] - za) * (w[k,n] - zw[n])`, `a` u8 `[M, K]`
@@ -410,6 +414,25 @@ pub fn qgemm_f32(
     if m == 0 {
         return;
     }
+    let (kernel, pa, colterm) = prepare(kernel, a, m, za, w);
+    run_f32(kernel, &pa, &colterm, m, sa, w, sw, bias, y, threads);
+}
+
+/// The f32 GEMM over packed activations (shapes already checked).
+#[allow(clippy::too_many_arguments)]
+fn run_f32(
+    kernel: Kernel,
+    pa: &PackedA,
+    colterm: &[i32],
+    m: usize,
+    sa: f32,
+    w: &PackedWeights,
+    sw: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    threads: usize,
+) {
+    let n = w.n();
     let padded = w.panels() * NR;
     let mut scale = vec![0f32; padded];
     for (j, s) in scale.iter_mut().enumerate().take(n) {
@@ -420,7 +443,6 @@ pub fn qgemm_f32(
         v[..n].copy_from_slice(b);
         v
     });
-    let (kernel, pa, colterm) = prepare(kernel, a, m, za, w);
     let job = Job {
         a: pa.buf.ptr(),
         block_bytes: pa.block_bytes,
@@ -429,7 +451,7 @@ pub fn qgemm_f32(
         kq: w.kq(),
         w: w.data().as_ptr(),
         rowsum: &pa.rowsum,
-        colterm: &colterm,
+        colterm,
         zp: w.zero_points(),
         zp_zero: w.zero_points_all_zero(),
         out: Out::F32 {
@@ -461,6 +483,20 @@ pub fn quantized_matmul_f32(
         x.len()
     );
     let kernel = Kernel::resolve(Some(kernel));
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx2 && m > 0 {
+        // quantize straight into the packed layout: a - za = clamp(round(x / s), -zp, 255 - zp)
+        let check_n = w.n();
+        assert_eq!(y.len(), m * check_n, "quantized_matmul_f32: Y has {} elements, not M*N", y.len());
+        assert!(sw.len() == 1 || sw.len() == check_n, "quantized_matmul_f32: {} weight scales", sw.len());
+        assert!(bias.is_none_or(|b| b.len() == check_n), "quantized_matmul_f32: bias length");
+        let (lo, hi) = quantize::min_max(kernel, x);
+        let p = QuantParams::from_min_max(lo, hi);
+        let pa = unsafe { super::x86::quantize_pack_a_avx2(x, m, w.k(), p) };
+        let colterm = colterm_for(kernel, p.zero_point, w);
+        run_f32(kernel, &pa, &colterm, m, p.scale, w, sw, bias, y, threads);
+        return p;
+    }
     let mut q = vec![0u8; x.len()];
     let p = quantize::dynamic_quantize_linear_with(kernel, x, &mut q);
     qgemm_f32(

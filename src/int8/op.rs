@@ -265,7 +265,11 @@ impl Chain {
             };
             w.zero_points()[j] == conv(z)
         });
-        let Ok(raw) = self.w_bytes() else { return false };
+        // the source byte of w[kk, col], without copying the tensor
+        let raw = |i: usize| -> Option<u8> {
+            let r = self.w.try_as_plain_ram().ok()?;
+            Some(if self.signed { r.as_slice::<i8>().ok()?[i] as u8 } else { r.as_slice::<u8>().ok()?[i] })
+        };
         let data = w.data();
         let panels = [0, w.panels() - 1];
         zp_ok
@@ -274,8 +278,8 @@ impl Chain {
                     let col = p * 8 + j;
                     (0..4.min(self.k)).all(|kk| {
                         let packed = data[p * w.kq() * 32 + j * 4 + kk] as i8 as i32;
-                        let want = if col < self.n { conv(raw[kk * self.n + col]) } else { 0 };
-                        packed == want
+                        let want = if col < self.n { raw(kk * self.n + col).map(conv) } else { Some(0) };
+                        Some(packed) == want
                     })
                 })
             })

@@ -495,37 +495,40 @@ fn dynamic_quantize_linear_ties_and_edges() {
 #[test]
 fn kernels_agree_with_scalar_on_quantize_and_fused_op() {
     let mut rng = XorShift::new(6);
-    let (m, k, n) = (37, 256, 72);
-    let x: Vec<f32> = (0..m * k).map(|_| rng.f32(-4.0, 6.0)).collect();
-    let w = rng.bytes(k * n);
-    let packed = pack_weights(&w, true, k, n, &[]);
-    let sw: Vec<f32> = (0..n).map(|_| rng.f32(1e-3, 1e-2)).collect();
-    let bias: Vec<f32> = (0..n).map(|_| rng.f32(-1.0, 1.0)).collect();
-    let mut want = vec![0f32; m * n];
-    let pw = quantized_matmul_f32(
-        Kernel::Scalar,
-        &x,
-        m,
-        &packed,
-        &sw,
-        Some(&bias),
-        &mut want,
-        1,
-    );
-    let mut q = vec![0u8; m * k];
-    let p = QuantParams::from_min_max(min_max_scalar(&x).0, min_max_scalar(&x).1);
-    quantize_scalar(&x, p, &mut q);
-    assert_eq!(p, pw);
-    for kernel in kernels() {
-        for threads in [1, 2, 5] {
-            let mut y = vec![0f32; m * n];
-            let pk =
-                quantized_matmul_f32(kernel, &x, m, &packed, &sw, Some(&bias), &mut y, threads);
-            assert_eq!(pk, pw);
-            assert!(
-                y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{kernel} x{threads}"
-            );
+    for &(m, k, n, lo, hi) in &[
+        (37, 256, 72, -4.0f32, 6.0f32),
+        (5, 37, 9, -1.0, 0.5),
+        (1, 3, 1, 0.0, 2.0),
+        (13, 100, 17, -3.0, -1.0),
+        (7, 33, 8, 0.0, 0.0),
+        (6, 48, 16, -1e-3, 1e-3),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.f32(lo, hi)).collect();
+        let w = rng.bytes(k * n);
+        let packed = pack_weights(&w, true, k, n, &rng.bytes(n));
+        let sw: Vec<f32> = (0..n).map(|_| rng.f32(1e-3, 1e-2)).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let mut want = vec![0f32; m * n];
+        let pw = quantized_matmul_f32(Kernel::Scalar, &x, m, &packed, &sw, Some(&bias), &mut want, 1);
+        let mut q = vec![0u8; m * k];
+        let (mn, mx) = min_max_scalar(&x);
+        let p = QuantParams::from_min_max(mn, mx);
+        quantize_scalar(&x, p, &mut q);
+        assert_eq!(p, pw);
+        // the scalar fused op is quantize + qgemm_f32
+        let mut y2 = vec![0f32; m * n];
+        qgemm_f32(Kernel::Scalar, &q, m, p.zero_point, p.scale, &packed, &sw, Some(&bias), &mut y2, 1);
+        assert!(y2.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        for kernel in kernels() {
+            for threads in [1, 2, 5] {
+                let mut y = vec![0f32; m * n];
+                let pk = quantized_matmul_f32(kernel, &x, m, &packed, &sw, Some(&bias), &mut y, threads);
+                assert_eq!(pk, pw);
+                assert!(
+                    y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{kernel} x{threads} {m}x{k}x{n}"
+                );
+            }
         }
     }
 }

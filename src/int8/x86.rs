@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::gemm::{drive, Job};
+use super::gemm::{drive, ABuf, Job, PackedA};
 use super::quantize::{quantize_one, QuantParams};
 
 const MR: usize = 6;
@@ -91,6 +91,67 @@ pub(crate) unsafe fn pack_row_i16_avx2(src: &[u8], dst: &mut [i16], stride: usiz
         kk += 1;
     }
     s
+}
+
+/// DynamicQuantizeLinear straight into the AVX2 packed-A layout (i16 `a - za`, MR-row
+/// blocks of k-quads), skipping the u8 tensor: `a - za = clamp(round(x / s), -zp, 255 - zp)`,
+/// bit-identical to quantizing then packing. `rowsum[m] = sum_k (a - za)`.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn quantize_pack_a_avx2(x: &[f32], m: usize, k: usize, p: QuantParams) -> PackedA {
+    assert_eq!(x.len(), m * k);
+    let kq = k.div_ceil(4);
+    let per_block = kq * MR * 4;
+    let mut buf = vec![0i16; m.div_ceil(MR) * per_block];
+    let mut rowsum = vec![0i32; m];
+    if p.scale > 0.0 {
+        let zpf = p.zero_point as f32;
+        let vs = _mm256_set1_ps(p.scale);
+        let lo = _mm256_set1_ps(-zpf);
+        let hi = _mm256_set1_ps(255.0 - zpf);
+        macro_rules! one {
+            ($v:expr) => {{
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm256_div_ps($v, vs),
+                );
+                let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+                _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+            }};
+        }
+        let stride = MR * 4;
+        let bp = buf.as_mut_ptr();
+        for (row, rs) in rowsum.iter_mut().enumerate() {
+            let dp = bp.add(row / MR * per_block + row % MR * 4);
+            let sp = x.as_ptr().add(row * k);
+            let mut sum = _mm256_setzero_si256();
+            let mut kk = 0;
+            while kk + 16 <= k {
+                let v0 = one!(_mm256_loadu_ps(sp.add(kk)));
+                let v1 = one!(_mm256_loadu_ps(sp.add(kk + 8)));
+                sum = _mm256_add_epi32(sum, _mm256_add_epi32(v0, v1));
+                // [v0 0-3, v1 0-3 | v0 4-7, v1 4-7] -> [v0 0-7, v1 0-7]
+                let d = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(v0, v1));
+                let (l, h) = (_mm256_castsi256_si128(d), _mm256_extracti128_si256::<1>(d));
+                let q = kk / 4;
+                _mm_storel_epi64(dp.add(q * stride) as *mut __m128i, l);
+                _mm_storeh_pd(dp.add((q + 1) * stride) as *mut f64, _mm_castsi128_pd(l));
+                _mm_storel_epi64(dp.add((q + 2) * stride) as *mut __m128i, h);
+                _mm_storeh_pd(dp.add((q + 3) * stride) as *mut f64, _mm_castsi128_pd(h));
+                kk += 16;
+            }
+            let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+            let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+            let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
+            let mut s = _mm_cvtsi128_si32(s1);
+            while kk < k {
+                let a = quantize_one(*sp.add(kk), p.scale, p.zero_point) as i32 - p.zero_point as i32;
+                *dp.add(kk / 4 * stride + kk % 4) = a as i16;
+                s += a;
+                kk += 1;
+            }
+            *rs = s;
+        }
+    }
+    PackedA { buf: ABuf::I16(buf), rowsum, block_bytes: per_block * 2 }
 }
 
 #[target_feature(enable = "avx2")]
