@@ -151,8 +151,9 @@ fn load(path: &Path) -> Result<Manifest> {
     serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))
 }
 
-/// Our output for `text` in the manifest's shape: logits, or `cls` then `mean` for encoders.
-fn raw_output(engine: &Engine, text: &str) -> Result<(Vec<i64>, Vec<f32>)> {
+/// Our token ids and raw output for `text` in the references' shape (manifest goldens and the
+/// fixtures' `reference.jsonl`): logits, or `cls` then `mean` for encoders.
+pub fn raw_output(engine: &Engine, text: &str) -> Result<(Vec<i64>, Vec<f32>)> {
     let options = |pooling| RequestOptions {
         raw: Some(true),
         normalize: Some(false),
@@ -176,8 +177,9 @@ fn raw_output(engine: &Engine, text: &str) -> Result<(Vec<i64>, Vec<f32>)> {
     Ok((ids, values))
 }
 
-/// Numbers of a JSON value in document order; encoder goldens are `{"cls": [...], "mean": [...]}`.
-fn flatten(v: &Value) -> Vec<f32> {
+/// Numbers of a JSON value in document order; encoder references are `{"cls": [...], "mean": [...]}`
+/// and give `cls` then `mean`.
+pub fn flatten(v: &Value) -> Vec<f32> {
     match v {
         Value::Number(n) => vec![n.as_f64().unwrap_or(f64::NAN) as f32],
         Value::Array(items) => items.iter().flat_map(flatten).collect(),
@@ -189,7 +191,8 @@ fn flatten(v: &Value) -> Vec<f32> {
     }
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+/// Largest absolute difference; NaN if either side has a NaN.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     // NaN-propagating: a NaN output must fail the check, not pass it.
     a.iter()
         .zip(b)

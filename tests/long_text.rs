@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{as_f32s, fixtures};
+use common::fixtures;
 use electra_edge::engine::{Engine, EngineOptions};
 use electra_edge::protocol::RequestOptions;
+use electra_edge::selfcheck::flatten;
 use electra_edge::windows::WindowPlan;
 
 const TEXT: &str =
@@ -38,7 +39,7 @@ fn discriminator_windows_stitch_to_one_score_per_character() {
     for (i, t) in tokens.iter().enumerate() {
         assert_eq!(t["start"].as_u64().unwrap() as usize, i);
     }
-    let logits = as_f32s(&answer["logits"]);
+    let logits = flatten(&answer["logits"]);
     assert_eq!(logits.len(), chars.len() + 2);
 
     let plan = WindowPlan::new(chars.len(), 8, 3);
@@ -46,7 +47,7 @@ fn discriminator_windows_stitch_to_one_score_per_character() {
     for i in 0..chars.len() {
         let range = plan.windows[plan.owner[i]].clone();
         let window_text: String = chars[range.clone()].iter().collect();
-        let alone = as_f32s(&whole.answer(&window_text, &raw()).unwrap()["logits"]);
+        let alone = flatten(&whole.answer(&window_text, &raw()).unwrap()["logits"]);
         let expected = alone[1 + i - range.start];
         assert!(
             (logits[1 + i] - expected).abs() < 1e-6,
@@ -65,12 +66,12 @@ fn classifier_averages_window_logits() {
     let mut mean = vec![0f32; 3];
     for range in &plan.windows {
         let window_text: String = chars[range.clone()].iter().collect();
-        let logits = as_f32s(&whole.answer(&window_text, &raw()).unwrap()["logits"]);
+        let logits = flatten(&whole.answer(&window_text, &raw()).unwrap()["logits"]);
         for (m, l) in mean.iter_mut().zip(logits) {
             *m += l / plan.windows.len() as f32;
         }
     }
-    let got = as_f32s(&windowed.answer(TEXT, &raw()).unwrap()["logits"]);
+    let got = flatten(&windowed.answer(TEXT, &raw()).unwrap()["logits"]);
     for (g, m) in got.iter().zip(&mean) {
         assert!((g - m).abs() < 1e-6, "{got:?} vs {mean:?}");
     }

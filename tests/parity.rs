@@ -5,12 +5,9 @@
 
 mod common;
 
-use common::{as_f32s, fixtures, max_abs_diff, read_jsonl};
-use electra_edge::config::Task;
+use common::{fixtures, read_jsonl};
 use electra_edge::engine::{Engine, EngineOptions};
-use electra_edge::protocol::RequestOptions;
-use electra_edge::tasks::embed::Pooling;
-use serde_json::Value;
+use electra_edge::selfcheck::{flatten, max_abs_diff, raw_output};
 
 /// Absolute slack on top of 2x onnxruntime's own int8 error (the references are rounded to 6
 /// decimals, and a sentence's int8 error can be tiny by chance).
@@ -20,43 +17,6 @@ const FP32_TOL: f32 = 1e-4;
 enum Precision {
     Int8,
     Fp32,
-}
-
-/// Our raw output for `text`, in the reference's shape: logits, or for the encoder the `cls`
-/// and `mean` vectors concatenated.
-fn our_output(engine: &Engine, text: &str) -> (Vec<i64>, Vec<f32>) {
-    let raw = |pooling| RequestOptions {
-        raw: Some(true),
-        pooling,
-        ..Default::default()
-    };
-    let answer = engine.answer(text, &raw(None)).unwrap();
-    let ids: Vec<i64> = answer["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    let values = if engine.task == Task::Embed {
-        let cls = engine.answer(text, &raw(Some(Pooling::Cls))).unwrap();
-        let mut v = as_f32s(&cls["embedding"]);
-        v.extend(as_f32s(&answer["embedding"]));
-        v
-    } else {
-        as_f32s(&answer["logits"])
-    };
-    (ids, values)
-}
-
-fn reference_values(reference: &Value, key: &str) -> Vec<f32> {
-    match &reference[key] {
-        Value::Object(o) => {
-            let mut v = as_f32s(&o["cls"]);
-            v.extend(as_f32s(&o["mean"]));
-            v
-        }
-        other => as_f32s(other),
-    }
 }
 
 fn check_head(size: &str, head: &str, precision: Precision) {
@@ -100,13 +60,13 @@ fn check_head(size: &str, head: &str, precision: Precision) {
             "{size}/{head}: offsets of {text:?}"
         );
 
-        let (ids, ours) = our_output(&engine, text);
+        let (ids, ours) = raw_output(&engine, text).unwrap();
         assert_eq!(ids, expected_ids, "{size}/{head}: input_ids of {text:?}");
-        let fp32 = reference_values(reference, "ort_fp32");
+        let fp32 = flatten(&reference["ort_fp32"]);
         let err = max_abs_diff(&ours, &fp32);
         let bound = match precision {
             Precision::Int8 => {
-                let ort_err = max_abs_diff(&reference_values(reference, "ort_int8"), &fp32);
+                let ort_err = max_abs_diff(&flatten(&reference["ort_int8"]), &fp32);
                 2.0 * ort_err + INT8_EPS
             }
             Precision::Fp32 => FP32_TOL,

@@ -61,19 +61,3 @@ pub fn copy_folder(from: &Path, to: &Path) {
         }
     }
 }
-
-pub fn as_f32s(v: &serde_json::Value) -> Vec<f32> {
-    match v {
-        serde_json::Value::Array(items) => items.iter().flat_map(as_f32s).collect(),
-        serde_json::Value::Number(n) => vec![n.as_f64().unwrap() as f32],
-        other => panic!("not a number or array: {other}"),
-    }
-}
-
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
