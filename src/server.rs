@@ -684,9 +684,38 @@ pub fn serve(
         );
     }
 
+    // Accept blocks; a small thread wakes it when shutdown is triggered (a signal handler can
+    // only set a flag), so new connections are taken without any polling delay.
     listener
-        .set_nonblocking(true)
-        .context("cannot make the listener non-blocking")?;
+        .set_nonblocking(false)
+        .context("cannot make the listener blocking")?;
+    let waker_done = Arc::new(AtomicBool::new(false));
+    let waker = {
+        let addr = listener.local_addr().ok();
+        let fallback = listener.try_clone().ok();
+        let (shutdown, done, poll) = (server.shutdown.clone(), waker_done.clone(), c.poll_interval);
+        std::thread::Builder::new()
+            .name("accept-waker".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                while !shutdown.is_triggered() {
+                    if done.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(poll);
+                }
+                let woke = addr.is_some_and(|a| UnixStream::connect_addr(&a).is_ok());
+                if !woke {
+                    // An unnamed or vanished address: shutdown(2) on the listening socket makes
+                    // a blocked accept return on Linux.
+                    if let Some(l) = fallback {
+                        let _ = UnixStream::from(std::os::fd::OwnedFd::from(l))
+                            .shutdown(NetShutdown::Both);
+                    }
+                }
+            })
+            .context("cannot start a thread")?
+    };
     let _ = systemd::ready();
     let _ = systemd::status(&format!(
         "serving {} ({}), {}",
@@ -695,14 +724,17 @@ pub fn serve(
         server.budget
     ));
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    let accept_poll = c.poll_interval.min(Duration::from_millis(20));
-    while !server.shutdown.is_triggered() {
-        match listener.accept() {
+    loop {
+        let accepted = listener.accept();
+        if server.shutdown.is_triggered() {
+            // The waker's connection, or a client that raced the shutdown: not served.
+            break;
+        }
+        match accepted {
             Ok((stream, _)) => {
                 conns.retain(|h| !h.is_finished());
                 accept(&server, stream, &queue, &mut conns);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(accept_poll),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -711,6 +743,8 @@ pub fn serve(
             }
         }
     }
+    waker_done.store(true, Ordering::SeqCst);
+    let _ = waker.join();
     let _ = systemd::stopping();
     log::info!("shutting down: answering what was read");
     drop(listener);
