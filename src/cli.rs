@@ -118,6 +118,9 @@ pub struct ModelArgs {
     /// Use tract's own int8 kernels instead of electra-edge's fused int8 matmul (comparisons).
     #[arg(long)]
     pub tract_int8: bool,
+    /// Skip the start-up check of manifest.json's golden outputs.
+    #[arg(long)]
+    pub no_self_check: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -135,6 +138,7 @@ impl ModelArgs {
             overlap: self.overlap,
             max_chars: self.max_chars,
             tract_int8: self.tract_int8,
+            self_check: !self.no_self_check,
             threads: usize::from(self.threads),
             defaults: Defaults {
                 raw: self.raw,

@@ -3,7 +3,8 @@
 //! The folder is the Hugging Face / optimum layout: `model.onnx`, `config.json`,
 //! `tokenizer.json` (or `vocab.txt`), optionally `manifest.json` from `models/export.py`.
 //! Loading runs load -> warm-up (one short input through the whole path, which also checks
-//! that the output shape fits the task) before the engine answers anything.
+//! that the output shape fits the task) -> self-check (the manifest's golden outputs, when the
+//! folder has them; see [`crate::selfcheck`]) before the engine answers anything.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,8 @@ pub struct EngineOptions {
     pub tract_int8: bool,
     /// Threads per int8 matmul.
     pub threads: usize,
+    /// Check the manifest's golden outputs at load (when there is a manifest).
+    pub self_check: bool,
     pub defaults: Defaults,
 }
 
@@ -73,6 +76,7 @@ impl Default for EngineOptions {
             max_chars: DEFAULT_MAX_CHARS,
             tract_int8: false,
             threads: 1,
+            self_check: true,
             defaults: Defaults::default(),
         }
     }
@@ -88,6 +92,8 @@ pub struct Engine {
     capacity: usize,
     overlap: usize,
     pub options: EngineOptions,
+    /// What the start-up self-check saw (`None` when switched off).
+    pub self_check: Option<crate::selfcheck::Report>,
 }
 
 /// The model's work on one text: its tokens, the window plan and each window's output.
@@ -128,7 +134,8 @@ impl Engine {
         }
         let capacity = window - 2;
         let overlap = options.overlap.unwrap_or(capacity / 4).min(capacity - 1);
-        let engine = Engine {
+        let self_check = options.self_check;
+        let mut engine = Engine {
             task,
             config,
             tokenizer,
@@ -137,8 +144,21 @@ impl Engine {
             capacity,
             overlap,
             options,
+            self_check: None,
         };
         engine.warm_up().context("warm-up run failed")?;
+        if self_check {
+            let report = crate::selfcheck::check(&engine)?;
+            if report.checked > 0 {
+                log::info!(
+                    "self-check passed: {} golden texts, max error {} (bound {})",
+                    report.checked,
+                    report.max_error,
+                    report.bound
+                );
+            }
+            engine.self_check = Some(report);
+        }
         Ok(engine)
     }
 
@@ -275,6 +295,11 @@ impl Engine {
                 ErrorReply::new(request.id.clone(), ErrorCode::Internal, format!("{e:#}")).to_line()
             }
         }
+    }
+
+    /// Text tokens one window holds (the window minus `[CLS]` and `[SEP]`).
+    pub fn window_capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Parser limits implied by this engine's options.

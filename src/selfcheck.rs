@@ -37,7 +37,7 @@ struct Golden {
 }
 
 /// What the check saw.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Report {
     /// Golden texts checked (0 when the folder has no manifest).
     pub checked: usize,
@@ -61,6 +61,11 @@ pub fn check(engine: &Engine) -> Result<Report> {
     }
     let manifest = load(&path)?;
     for golden in &manifest.golden {
+        if golden.input_ids.len() > engine.window_capacity() + 2 {
+            // With a window smaller than the text, outputs are stitched, not the reference's.
+            log::warn!("self-check: {:?} is longer than one window, skipped", golden.text);
+            continue;
+        }
         let (ids, ours) = raw_output(engine, &golden.text)?;
         if ids != golden.input_ids {
             bail!(
@@ -137,7 +142,10 @@ pub fn run_cli(args: &crate::cli::ModelArgs) -> Result<()> {
         );
     }
     let engine = Engine::load(&args.model, args.engine_options())?;
-    let report = check(&engine)?;
+    let report = match engine.self_check {
+        Some(report) => report,
+        None => check(&engine)?,
+    };
     println!(
         "ok: {} golden texts, max |output - reference| {} (bound {}), checksums match",
         report.checked, report.max_error, report.bound

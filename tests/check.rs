@@ -14,7 +14,7 @@ fn demo_models_pass_their_golden_outputs() {
     for head in ["discriminator", "classifier", "tagger", "encoder"] {
         let dir = demo_models().join(head);
         let engine = Engine::load(&dir, EngineOptions::default()).unwrap();
-        let report = selfcheck::check(&engine).unwrap();
+        let report = engine.self_check.unwrap();
         assert!(report.checked >= 3, "{head}: {report:?}");
         assert!(report.max_error <= report.bound, "{head}: {report:?}");
         assert!(selfcheck::mismatched_files(&dir).unwrap().is_empty(), "{head}");
@@ -47,9 +47,15 @@ fn check_command_reports_drift_and_damage() {
     golden["ort_fp32"] = shifted.clone().into();
     golden["ort_int8"] = shifted.into();
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
-    let engine = Engine::load(dir.path(), EngineOptions::default()).unwrap();
+    let unchecked = EngineOptions { self_check: false, ..Default::default() };
+    let engine = Engine::load(dir.path(), unchecked).unwrap();
     let err = selfcheck::check(&engine).unwrap_err().to_string();
     assert!(err.contains("self-check failed"), "{err}");
+    // Loading runs the same check and refuses to start.
+    let err = Engine::load(dir.path(), EngineOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("self-check failed"), "{err}");
+    let (ok, text) = check_command(dir.path());
+    assert!(!ok && text.contains("self-check failed"), "{text}");
 
     // A model file that differs from its checksum.
     let dir = TempDir::new("damaged");
