@@ -83,7 +83,8 @@ for unit in electra-edge.service electra-edge.socket; do
 done
 
 if [ -n "$model" ]; then
-    cp -R --no-preserve=ownership "$model/." "$destdir$model_dir/"
+    # -L: copy what symlinks point to (the service cannot follow links into home directories).
+    cp -RL --no-preserve=ownership "$model/." "$destdir$model_dir/"
     # Read-only for the service's dynamic user: world-readable, writable by root only.
     chmod -R u+rwX,go+rX,go-w "$destdir$model_dir"
     [ -f "$destdir$model_dir/config.json" ] || echo "install.sh: warning: no config.json in $model" >&2

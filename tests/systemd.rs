@@ -425,3 +425,123 @@ fn verify_units_sh_passes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// End to end: `electra-edge serve` under a stand-in for systemd
+// ------------------------------------------------------------------------------------------
+
+/// The real binary, socket-activated by `systemd-socket-activate`, with `NOTIFY_SOCKET` and
+/// `WATCHDOG_USEC` pointing at our datagram socket, as systemd would run the service unit:
+/// READY=1 after the load, answers on the passed socket, WATCHDOG=1 pings, STOPPING=1 and
+/// exit 0 on SIGTERM, and the socket file (systemd's) left in place.
+#[test]
+fn serve_under_a_stand_in_for_systemd() {
+    if !have("systemd-socket-activate") {
+        eprintln!("SKIP serve_under_a_stand_in_for_systemd: systemd-socket-activate not installed");
+        return;
+    }
+    let model = repo_root().join("../shared/fixtures/electra-tiny-zh/discriminator");
+    assert!(model.join("config.json").is_file(), "fixture model at {}", model.display());
+    let dir = tempdir("e2e");
+    let sock = dir.join("electra-edge.sock");
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("--listen").arg(&sock);
+    for (k, v) in [
+        ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "1000000"),
+        ("RUST_LOG", "info"),
+    ] {
+        cmd.arg("-E").arg(format!("{k}={v}"));
+    }
+    cmd.args(runner()).arg(env!("CARGO_BIN_EXE_electra-edge"));
+    cmd.arg("serve").arg("--model").arg(&model);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+
+    // systemd-socket-activate starts the service on the first connection (as systemd does for
+    // a socket unit whose service is not running yet); it waits in the backlog meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        match UnixStream::connect(&sock) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(child.try_wait().unwrap().is_none(), "launcher exited");
+                assert!(Instant::now() < deadline, "cannot connect: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+
+    // Everything until READY=1 (STATUS= lines while loading).
+    let mut seen = Vec::new();
+    loop {
+        let msg = next_notification(&notify, &mut child);
+        seen.push(msg.clone());
+        if msg.lines().any(|l| l == "READY=1") {
+            break;
+        }
+        assert!(seen.len() < 1000, "no READY=1: {seen:?}");
+    }
+    assert!(seen.iter().any(|m| m.starts_with("STATUS=")), "STATUS before READY: {seen:?}");
+
+    // The request, on the socket passed in.
+    (&stream).write_all("{\"id\":1,\"text\":\"我爱北京天安门\"}\n".as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["id"], 1, "{line}");
+    assert!(reply.get("error").is_none(), "{line}");
+    drop(stream);
+
+    // Watchdog pings while idle (interval 1 s: a ping every 0.5 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let msg = next_notification(&notify, &mut child);
+        if msg == "WATCHDOG=1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no WATCHDOG=1");
+    }
+
+    // SIGTERM: STOPPING=1, exit 0, socket file left for systemd.
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    loop {
+        let msg = next_notification(&notify, &mut child);
+        if msg.lines().any(|l| l == "STOPPING=1") {
+            break;
+        }
+        assert_eq!(msg, "WATCHDOG=1", "unexpected notification");
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {stderr}", out.status);
+    assert!(sock.exists(), "a socket-activated server leaves the socket file to systemd");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The next sd_notify datagram, failing fast if the service exits first (5 min at most: a
+/// debug build under qemu loads slowly).
+fn next_notification(notify: &UnixDatagram, child: &mut std::process::Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut buf = [0u8; 4096];
+    loop {
+        match notify.recv(&mut buf) {
+            Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut err = String::new();
+                    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                    panic!("service exited ({status}) before the next notification: {err}");
+                }
+                assert!(Instant::now() < deadline, "no notification in time");
+            }
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
