@@ -189,6 +189,7 @@ pub(crate) unsafe fn drive<const MR: usize, F: Fn(*const u8, *const u8, usize, *
 }
 
 #[inline(always)]
+#[allow(clippy::needless_range_loop)]
 unsafe fn store<const MR: usize>(
     job: &Job,
     t: &[[i32; NR]; MR],
@@ -315,12 +316,12 @@ fn check_a(a: &[u8], m: usize, w: &PackedWeights) {
     );
 }
 
-fn prepare<'p>(
+fn prepare(
     kernel: Kernel,
     a: &[u8],
     m: usize,
     za: u8,
-    w: &'p PackedWeights,
+    w: &PackedWeights,
 ) -> (Kernel, PackedA, Vec<i32>) {
     let kernel = Kernel::resolve(Some(kernel));
     let pa = pack_a(kernel, a, m, w.k(), za);

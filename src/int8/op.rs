@@ -398,7 +398,7 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
     // -> Cast(f32)
     let Some((c, _)) = single_succ(model, OutletId::new(id, 0)) else { return Ok(None) };
     let cn = model.node(c);
-    if !cn.op_as::<Cast>().is_some_and(|c| c.to == DatumType::F32) {
+    if cn.op_as::<Cast>().is_none_or(|c| c.to != DatumType::F32) {
         return Ok(None);
     }
     // -> Mul(acc, scale) with scale = Mul(x_scale, W_scale) (through rank fixes)
@@ -628,7 +628,8 @@ mod tests {
             return None;
         }
         let mut ts = Timespec { sec: 0, nsec: 0 };
-        (unsafe { clock_gettime(3, &mut ts) } == 0).then(|| ts.sec as f64 + ts.nsec as f64 * 1e-9)
+        let ok = unsafe { clock_gettime(3, &mut ts) } == 0;
+        ok.then_some(ts.sec as f64 + ts.nsec as f64 * 1e-9)
     }
 
     /// Timing (ignored: slow, prints numbers), one thread, best of `INT8_TIMING_RUNS` (10):

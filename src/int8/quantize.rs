@@ -11,6 +11,9 @@
 //! `zp = 0`, `q = 0` (ONNX's formula divides by zero there; tract gives the same result).
 //! A NaN element quantizes to `zp`. Infinite inputs give an infinite scale and `q = zp`.
 
+// `!(scale > 0.0)` on purpose: NaN scales take the zero branch.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use super::Kernel;
 
 /// Scale and zero point of a dynamically quantized tensor.

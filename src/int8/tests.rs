@@ -45,6 +45,7 @@ fn kernels() -> Vec<Kernel> {
 }
 
 /// Naive i64 reference of `sum_k (a - za) * (w - zw[n])` from the unpacked inputs.
+#[allow(clippy::too_many_arguments)]
 fn reference(
     a: &[u8],
     m: usize,
