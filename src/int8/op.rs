@@ -467,7 +467,17 @@ mod tests {
         model.into_typed()
     }
 
-    const TINY: &str = "/work/shared/fixtures/electra-tiny-zh/discriminator/model.onnx";
+    /// The shared fixtures: `$ELECTRA_EDGE_FIXTURES`, else `../shared/fixtures` next to the repo
+    /// (as in `tests/python/conftest.py`).
+    fn fixture(rel: &str) -> String {
+        let root = std::env::var("ELECTRA_EDGE_FIXTURES")
+            .unwrap_or(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures").into());
+        format!("{root}/{rel}")
+    }
+
+    fn tiny() -> String {
+        fixture("electra-tiny-zh/discriminator/model.onnx")
+    }
 
     fn inputs(model: &TypedModel, seq: usize) -> TractResult<TVec<TValue>> {
         let mut v = tvec![];
@@ -488,7 +498,7 @@ mod tests {
     #[test]
     #[ignore]
     fn dump_typed_int8_graph() -> TractResult<()> {
-        let path = std::env::var("INT8_DUMP_MODEL").unwrap_or(TINY.into());
+        let path = std::env::var("INT8_DUMP_MODEL").unwrap_or(tiny());
         let typed = typed(&path)?;
         for n in typed.nodes() {
             let facts: Vec<String> = n.outputs.iter().map(|o| format!("{:?}", o.fact)).collect();
@@ -503,7 +513,7 @@ mod tests {
     fn parity_models() -> Vec<String> {
         let mut v: Vec<String> = ["discriminator", "classifier", "tagger", "encoder"]
             .iter()
-            .map(|h| format!("/work/shared/fixtures/electra-tiny-zh/{h}/model.onnx"))
+            .map(|h| fixture(&format!("electra-tiny-zh/{h}/model.onnx")))
             .collect();
         for h in ["discriminator", "classifier", "tagger", "encoder"] {
             v.push(format!("{}/models/demo/{h}/model.onnx", env!("CARGO_MANIFEST_DIR")));
@@ -568,16 +578,17 @@ mod tests {
     fn sidecar_round_trip() -> TractResult<()> {
         use crate::int8::sidecar::{fingerprint, sidecar_bytes, write_sidecar};
         let demo = format!("{}/models/demo/discriminator/model.onnx", env!("CARGO_MANIFEST_DIR"));
-        if !std::path::Path::new(TINY).exists() || !std::path::Path::new(&demo).exists() {
+        let tiny = tiny();
+        if !std::path::Path::new(&tiny).exists() || !std::path::Path::new(&demo).exists() {
             eprintln!("skipped: models not found");
             return Ok(());
         }
-        let base = typed(TINY)?;
+        let base = typed(&tiny)?;
         let mut heap = base.clone();
         let fused = fuse_quantized_matmuls(&mut heap)?;
         let entries = packed_weights_of(&heap);
         assert_eq!(entries.len(), fused);
-        let fp = fingerprint(&std::fs::read(TINY)?);
+        let fp = fingerprint(&std::fs::read(&tiny)?);
         let bytes = sidecar_bytes(entries.iter().map(|(n, w)| (n.as_str(), w)), fp);
         let dir = std::env::temp_dir().join(format!("ee-int8-sidecar-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -641,7 +652,7 @@ mod tests {
     #[ignore]
     fn model_timing() -> TractResult<()> {
         let path = std::env::var("INT8_TIMING_MODEL")
-            .unwrap_or("/work/shared/fixtures/electra-small-zh/discriminator/model.onnx".into());
+            .unwrap_or(fixture("electra-small-zh/discriminator/model.onnx"));
         let seqs: Vec<usize> = std::env::var("INT8_TIMING_SEQS")
             .unwrap_or("8,32,128,512".into())
             .split(',')
