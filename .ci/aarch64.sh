@@ -45,13 +45,44 @@ fi
 if ! rustup target list --installed | grep -qx "$target"; then
     rustup target add "$target"
 fi
+# Tests that start a program (the electra-edge binary, or a copy of themselves) exec an aarch64
+# ELF: the kernel runs it through qemu only with a binfmt_misc handler. Register one for this
+# run if there is none (root only), and remove it on exit; QEMU_LD_PREFIX/QEMU_CPU (set per run
+# below) tell that qemu where the aarch64 libraries are and which CPU to emulate.
+binfmt=/proc/sys/fs/binfmt_misc
+binfmt_ours=""
+json=""
+cleanup() {
+    [ -z "$json" ] || rm -f "$json"
+    if [ -n "$binfmt_ours" ] && [ -e "$binfmt_ours" ]; then echo -1 > "$binfmt_ours" || true; fi
+}
+trap cleanup EXIT
+aarch64_magic='7f454c460201010000000000000000000200b700'
+have_binfmt() {
+    local f
+    for f in "$binfmt"/*; do
+        [ -f "$f" ] && grep -qx enabled "$f" 2>/dev/null && grep -q "magic $aarch64_magic" "$f" 2>/dev/null && return 0
+    done
+    return 1
+}
+if ! have_binfmt && [ "$(id -u)" = 0 ]; then
+    [ -e "$binfmt/register" ] || mount -t binfmt_misc binfmt_misc "$binfmt" 2>/dev/null || true
+    if [ -w "$binfmt/register" ]; then
+        echo ':electra-edge-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:'"$(command -v qemu-aarch64)"':' \
+            > "$binfmt/register" 2>/dev/null && binfmt_ours="$binfmt/electra-edge-aarch64"
+    fi
+fi
+if have_binfmt; then
+    echo "binfmt_misc: aarch64 executables run through qemu${binfmt_ours:+ (registered for this run)}"
+else
+    echo "binfmt_misc: no aarch64 handler (not root, or not allowed): tests that exec the aarch64 binary will fail" >&2
+fi
 aarch64-linux-gnu-gcc --version | head -n1
 qemu-aarch64 --version | head -n1
 cargo --version
 
 phase "build (cargo test --release --target $target --no-run)"
 json="$(mktemp)"
-trap 'rm -f "$json"' EXIT
 # One release build: the test executables, and (because integration tests need it) the
 # electra-edge binary itself, with the release profile.
 cargo test --release --target "$target" --no-run --message-format=json-render-diagnostics > "$json"
@@ -75,8 +106,10 @@ for cpu in $cpus; do
     runner="qemu-aarch64 -L $sysroot -cpu $cpu"
     for exe in "${tests[@]}"; do
         echo "-- ${exe#"$repo"/} (-cpu $cpu)"
-        # ELECTRA_EDGE_TEST_RUNNER: tests that start a copy of themselves go through qemu too.
-        if ! ELECTRA_EDGE_TEST_RUNNER="$runner" $runner "$exe" "$@"; then
+        # Programs the tests start go through qemu too: via binfmt_misc (QEMU_*), or where a
+        # test supports it, an explicit ELECTRA_EDGE_TEST_RUNNER prefix.
+        if ! QEMU_LD_PREFIX="$sysroot" QEMU_CPU="$cpu" ELECTRA_EDGE_TEST_RUNNER="$runner" \
+            $runner "$exe" "$@"; then
             failed+=("$(basename "$exe") -cpu $cpu")
         fi
     done
