@@ -190,13 +190,21 @@ pub fn rss() -> (u64, u64) {
 ///       + (workers - 1) * window_peak
 ///       + workers * (worker_stack + request_state)
 ///       + max_connections * per_connection
-///       + max_queue * max_line_bytes
+///       + max_queue * (max_line_bytes + 128 * MAX_ID_BYTES)
+///       + parsing
 ///       + slack
 /// per_connection = reader_stack + writer_stack + read_buffer + max_line_bytes
 ///                + max_in_flight * max_response
 /// request_state  = 4 * max_response        (tokens, window outputs, the answer's JSON tree)
+/// parsing        = max_connections * FREE_PARSE_BYTES + 128 * max_line_bytes
 /// slack          = (everything above) / 8  (allocator arenas and fragmentation)
 /// ```
+///
+/// `parsing`: a JSON line becomes a tree of up to ~100 times its size while it is parsed (a
+/// line of `[0],[0],...` does). Lines whose tree may exceed `FREE_PARSE_BYTES` (estimated from
+/// their structure, see [`json_tree_bound`]) are parsed one at a time on one thread (one
+/// allocator arena keeps their freed memory, not one per connection); a request's `id` is kept
+/// only up to `MAX_ID_BYTES` serialized (it is echoed in every answer).
 ///
 /// `base` is `VmHWM` after the model is loaded and one full-size window (the longest the model
 /// runs) went through it with every answer option on: weights, plan, tokenizer and one window's
@@ -214,6 +222,7 @@ pub struct Budget {
     pub connections: u64,
     pub workers: u64,
     pub queue: u64,
+    pub parsing: u64,
     pub slack: u64,
     pub total: u64,
 }
@@ -280,8 +289,10 @@ impl Budget {
         let connections = c.max_connections as u64 * per_connection;
         let workers = (c.workers as u64 - 1) * window_peak
             + c.workers as u64 * (c.worker_stack as u64 + request_state);
-        let queue = c.max_queue as u64 * line;
-        let slack = (base + workers + connections + queue) / 8;
+        let queue = c.max_queue as u64 * (line + JSON_AMPLIFICATION * MAX_ID_BYTES as u64);
+        let parsing =
+            c.max_connections as u64 * FREE_PARSE_BYTES as u64 + JSON_AMPLIFICATION * line;
+        let slack = (base + workers + connections + queue + parsing) / 8;
         Budget {
             model_file,
             base,
@@ -293,7 +304,8 @@ impl Budget {
             workers,
             queue,
             slack,
-            total: base + workers + connections + queue + slack,
+            parsing,
+            total: base + workers + connections + queue + parsing + slack,
         }
     }
 
@@ -309,6 +321,7 @@ impl Budget {
             "connections": self.connections,
             "workers": self.workers,
             "queue": self.queue,
+            "parsing": self.parsing,
             "slack": self.slack,
         })
     }
@@ -320,7 +333,8 @@ impl std::fmt::Display for Budget {
         write!(
             f,
             "memory budget {:.1} MiB = base {:.1} (model file {:.1}, window peak {:.1}) + workers {:.1} \
-             + connections {:.1} ({:.2} each, max answer {:.2}) + queue {:.1} + slack {:.1}",
+             + connections {:.1} ({:.2} each, max answer {:.2}) + queue {:.1} + parsing {:.1} \
+             + slack {:.1}",
             mib(self.total),
             mib(self.base),
             mib(self.model_file),
@@ -330,8 +344,143 @@ impl std::fmt::Display for Budget {
             mib(self.per_connection),
             mib(self.max_response),
             mib(self.queue),
+            mib(self.parsing),
             mib(self.slack),
         )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing within the budget
+
+/// Lines whose parse tree may be larger than this are parsed one at a time.
+pub const FREE_PARSE_BYTES: usize = 64 * 1024;
+/// Longest `id`, serialized; a longer one gets `too_large` (it is echoed in every answer).
+pub const MAX_ID_BYTES: usize = 1024;
+/// Upper bound of a parsed JSON tree's size over its text's (measured: ~93x for `[0],[0],...`).
+const JSON_AMPLIFICATION: u64 = 128;
+
+/// An upper bound of the memory `protocol::parse_line` may use for `line`: plain text is copied
+/// once; JSON costs its bytes (strings, with vector growth) plus 256 bytes per value.
+pub fn json_tree_bound(line: &[u8]) -> usize {
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return line.len();
+    }
+    let (mut in_string, mut escaped, mut values) = (false, false, 0usize);
+    for &b in line {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' | b',' | b':' => values += 1,
+                _ => {}
+            }
+        }
+    }
+    2 * line.len() + 256 * values
+}
+
+/// `protocol::parse_line`, plus the server's `id` limit.
+fn parse_checked(line: &[u8], limits: &protocol::Limits) -> Result<Line, ErrorReply> {
+    let parsed = protocol::parse_line(line, limits)?;
+    let id = match &parsed {
+        Line::Infer(r) => r.id.as_ref(),
+        Line::Command { id, .. } => id.as_ref(),
+    };
+    let id_bytes = id.map_or(0, |id| id.to_string().len());
+    if id_bytes > MAX_ID_BYTES {
+        return Err(ErrorReply::new(
+            None,
+            ErrorCode::TooLarge,
+            format!("id of {id_bytes} bytes is longer than {MAX_ID_BYTES}"),
+        ));
+    }
+    Ok(parsed)
+}
+
+type Parsed = (Vec<u8>, Result<Line, ErrorReply>);
+
+/// A line for the parser thread, and where to send it back with its result.
+struct ParseJob {
+    line: Vec<u8>,
+    limits: protocol::Limits,
+    reply: SyncSender<Parsed>,
+}
+
+/// Parses lines whose tree may be big, one at a time, on one thread: their transient trees
+/// then live in one allocator arena instead of one per connection thread (glibc keeps freed
+/// memory per arena, so 64 readers parsing in turn would still keep 64 trees' worth).
+struct ParseGate(Mutex<SyncSender<ParseJob>>);
+
+impl ParseGate {
+    fn start() -> Result<ParseGate> {
+        let (tx, rx) = mpsc::sync_channel::<ParseJob>(0);
+        std::thread::Builder::new()
+            .name("big-line-parser".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let result =
+                        catch_unwind(AssertUnwindSafe(|| parse_checked(&job.line, &job.limits)))
+                            .unwrap_or_else(|_| {
+                                Err(ErrorReply::new(
+                                    None,
+                                    ErrorCode::Internal,
+                                    "parser panicked",
+                                ))
+                            });
+                    let _ = job.reply.send((job.line, result));
+                }
+            })
+            .context("cannot start the parser thread")?;
+        Ok(ParseGate(Mutex::new(tx)))
+    }
+}
+
+/// Parses `buf` (on the parser thread when its tree may be big; `buf` comes back).
+fn parse(
+    server: &Server,
+    buf: &mut Vec<u8>,
+    limits: &protocol::Limits,
+) -> Result<Line, ErrorReply> {
+    if json_tree_bound(buf) <= FREE_PARSE_BYTES {
+        return parse_checked(buf, limits);
+    }
+    let gate = server
+        .parse_gate
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let (reply, result) = mpsc::sync_channel(1);
+    let job = ParseJob {
+        line: std::mem::take(buf),
+        limits: *limits,
+        reply,
+    };
+    if let Err(mpsc::SendError(job)) = gate.send(job) {
+        *buf = job.line;
+        return Err(ErrorReply::new(
+            None,
+            ErrorCode::Internal,
+            "the parser thread is gone",
+        ));
+    }
+    match result.recv() {
+        Ok((line, parsed)) => {
+            *buf = line;
+            parsed
+        }
+        Err(_) => Err(ErrorReply::new(
+            None,
+            ErrorCode::Internal,
+            "the parser thread is gone",
+        )),
     }
 }
 
@@ -545,6 +694,8 @@ struct Server {
     budget: Budget,
     stats: Stats,
     shutdown: Shutdown,
+    /// Parses lines whose tree may be big (see [`json_tree_bound`]).
+    parse_gate: ParseGate,
 }
 
 impl Server {
@@ -657,16 +808,29 @@ pub fn serve(
     shutdown: Shutdown,
 ) -> Result<ServeReport> {
     config.check()?;
-    let watchdog = systemd::Watchdog::from_env();
     let _ = systemd::status("warming up at the largest window");
     let budget = Budget::measure(&engine, &config)?;
     log::info!("{budget}");
+    serve_with_budget(engine, listener, config, shutdown, budget)
+}
+
+/// [`serve`] with a budget already measured (by [`Budget::measure`] on this engine).
+pub fn serve_with_budget(
+    engine: Arc<Engine>,
+    listener: UnixListener,
+    config: ServerConfig,
+    shutdown: Shutdown,
+    budget: Budget,
+) -> Result<ServeReport> {
+    config.check()?;
+    let watchdog = systemd::Watchdog::from_env();
     let server = Arc::new(Server {
         engine,
         config,
         budget,
         stats: Stats::new(),
         shutdown,
+        parse_gate: ParseGate::start()?,
     });
     let c = &server.config;
 
@@ -962,7 +1126,7 @@ fn read_loop(
                     c.max_line_bytes
                 ),
             )),
-            BoundedLine::Line => match protocol::parse_line(&buf, &limits) {
+            BoundedLine::Line => match parse(server, &mut buf, &limits) {
                 Err(reply) => Some(reply),
                 Ok(Line::Command { id, cmd }) => {
                     let body = match cmd {
@@ -1179,8 +1343,9 @@ pub fn run_cli(args: &crate::cli::ServeArgs) -> Result<()> {
     config.idle_timeout = seconds(args.idle_timeout, "--idle-timeout")?;
     config.write_timeout = seconds(args.write_timeout, "--write-timeout")?;
     config.check()?;
+    let _ = systemd::status("warming up at the largest window");
+    let budget = Budget::measure(&engine, &config)?;
     let Some(listener) = listener else {
-        let budget = Budget::measure(&engine, &config)?;
         println!("{}", budget.to_json());
         eprintln!("electra-edge: {budget}");
         return Ok(());
@@ -1189,8 +1354,8 @@ pub fn run_cli(args: &crate::cli::ServeArgs) -> Result<()> {
         || "the socket passed by systemd".to_string(),
         |f| f.path.display().to_string(),
     );
-    eprintln!("electra-edge: serving on {where_}");
-    let report = serve(Arc::new(engine), listener, config, shutdown)?;
+    eprintln!("electra-edge: serving on {where_}; {budget}");
+    let report = serve_with_budget(Arc::new(engine), listener, config, shutdown, budget)?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     eprintln!(
         "electra-edge: stopped: {} connections ({} rejected), {} requests, {} answered, \

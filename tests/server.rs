@@ -221,6 +221,10 @@ fn every_bad_line_gets_one_error_and_the_connection_stays_usable() {
         (long_text.into_bytes(), Some("too_large")),
         (vec![b'x'; 200_000], Some("too_large")), // over max_line_bytes
         (
+            format!(r#"{{"id":"{}","text":"a"}}"#, "i".repeat(2_000)).into_bytes(),
+            Some("too_large"), // id over MAX_ID_BYTES
+        ),
+        (
             r#"{"id":11,"text":"好","threshold":7}"#.as_bytes().to_vec(),
             Some("bad_request"),
         ),
@@ -246,7 +250,7 @@ fn every_bad_line_gets_one_error_and_the_connection_stays_usable() {
     assert_eq!(last["tokens"].as_array().unwrap().len(), 2);
     let s = server.stats();
     assert_eq!(s["errors"]["bad_json"], 6);
-    assert_eq!(s["errors"]["too_large"], 2);
+    assert_eq!(s["errors"]["too_large"], 3);
     drop(c);
     let report = server.stop();
     assert_eq!(report.answered, report.requests);
@@ -766,7 +770,12 @@ fn print_budget_prints_the_formula_parts() {
     let get = |k: &str| b[k].as_u64().unwrap();
     assert_eq!(
         get("total"),
-        get("base") + get("workers") + get("connections") + get("queue") + get("slack")
+        get("base")
+            + get("workers")
+            + get("connections")
+            + get("queue")
+            + get("parsing")
+            + get("slack")
     );
     assert_eq!(get("connections"), 64 * get("per_connection"));
     assert!(get("base") > get("model_file"));
@@ -978,4 +987,59 @@ fn worst_case_the_limits_allow_stays_within_budget() {
             assert_eq!(a["tokens"].as_array().unwrap().len(), 2000);
         }
     }
+}
+
+#[test]
+fn json_bombs_are_parsed_within_budget() {
+    // Lines of `[0],[0],...` become trees ~100 times their size while parsed: 64 clients
+    // sending them at once must not multiply that by 64.
+    let dir = TempDir::new("bombs");
+    let server = Process::start(dir.path(), &["--max-chars", "2000"]);
+    let mut stats = Client::connect(&server.path);
+    let budget = stats.ask(r#"{"cmd":"stats"}"#)["stats"]["budget"]["total"]
+        .as_u64()
+        .unwrap();
+    let max_line = 4 * 2000 + 64 * 1024;
+    let bomb = |prefix: &str, suffix: &str| {
+        let mut line = prefix.to_string();
+        while line.len() + 4 + suffix.len() < max_line - 64 {
+            line.push_str("[0],");
+        }
+        line.push_str("[0]");
+        line.push_str(suffix);
+        line.push('\n');
+        line
+    };
+    let unknown_field = bomb(r#"{"id":1,"text":"a","x":["#, "]}");
+    let huge_id = bomb(r#"{"id":["#, r#"],"text":"a"}"#);
+    assert!(server::json_tree_bound(unknown_field.as_bytes()) > server::FREE_PARSE_BYTES);
+    let clients: Vec<_> = (0..63)
+        .map(|i| {
+            let path = server.path.clone();
+            let line = if i % 2 == 0 { &unknown_field } else { &huge_id }.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&path);
+                for _ in 0..10 {
+                    let a = c.ask(line.trim_end());
+                    let want = if i % 2 == 0 {
+                        "bad_request"
+                    } else {
+                        "too_large"
+                    };
+                    assert_eq!(code(&a), Some(want), "{a}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let hwm = server.vm("VmHWM:");
+    eprintln!(
+        "json bombs: peak RSS {:.1} MiB, budget {:.1} MiB",
+        hwm as f64 / (1 << 20) as f64,
+        budget as f64 / (1 << 20) as f64
+    );
+    assert!(hwm <= budget, "peak RSS {hwm} over the budget {budget}");
+    assert_eq!(stats.ask(r#"{"cmd":"ping"}"#)["pong"], true);
 }
