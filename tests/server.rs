@@ -338,9 +338,11 @@ fn a_client_that_never_reads_is_dropped_and_others_are_served() {
     });
     let started = Instant::now();
     let mut other = server.client();
+    let mut asked = 0u64;
     loop {
         // Meanwhile the server answers others.
         assert_eq!(other.ask(r#"{"id":"o","text":"你好"}"#)["id"], "o");
+        asked += 2; // this and the stats request
         if server.stats()["dropped_slow_clients"] == 1 {
             break;
         }
@@ -351,9 +353,11 @@ fn a_client_that_never_reads_is_dropped_and_others_are_served() {
     // The server stopped reading at the in-flight cap: far fewer than 2,000 lines went in.
     assert!(sent < 2_000, "sent {sent}");
     let s = server.stats();
+    let from_slow = s["requests"].as_u64().unwrap() - asked - 1;
+    // In flight (4) plus the answers the kernel's socket buffer took (~2 of ~90 KB each).
     assert!(
-        s["requests"].as_u64().unwrap() < 100,
-        "the server kept reading from a client that does not read: {s}"
+        from_slow <= 10,
+        "the server read {from_slow} lines from a client that does not read (cap 4): {s}"
     );
     // What the slow client gets: some answers, then the end of the stream.
     slow.writer
