@@ -21,7 +21,16 @@
 //! `vpmaddwd`, 6x8 tile), aarch64 NEON baseline for Cortex-A72 (`smull` + `sadalp`, 4x8) and
 //! aarch64 `sdot` (8x8, when the CPU has dotprod). One dispatcher picks the best available at
 //! run time; `ELECTRA_EDGE_KERNEL=scalar|avx2|neon|dotprod` (or an explicit [`Kernel`]
-//! argument) overrides it. Threads split the columns (`std::thread::scope`, 1 = no spawning).
+//! argument) overrides it. Threads split the columns (`std::thread::scope`, 1 = no spawning;
+//! matmuls under ~2M MACs per thread stay on the calling thread).
+//!
+//! In the graph: [`op::QMatMul`] is the fused tract op and [`fuse_quantized_matmuls`] the
+//! rewrite that installs it between `into_typed()` and `into_optimized()`; with
+//! [`fuse_quantized_matmuls_from`] the packed weights come from a memory-mapped
+//! [`sidecar`] file instead of the heap (deployment rule in [`sidecar`]).
+//!
+//! Tests: `cargo test --release --lib int8` (x86: scalar + AVX2); aarch64 under qemu with
+//! `-cpu cortex-a72` (scalar + NEON) and `-cpu max` (+ dotprod), see the crate's CI script.
 
 mod gemm;
 pub mod op;
