@@ -372,9 +372,12 @@ fn install_sh_into_a_temp_prefix() {
     let service = std::fs::read_to_string(units.join("electra-edge.service")).unwrap();
     let socket = std::fs::read_to_string(units.join("electra-edge.socket")).unwrap();
     let p = prefix.to_str().unwrap();
+    let exec_start = service.lines().find(|l| l.starts_with("ExecStart=")).expect("ExecStart");
     assert!(
-        service.contains(&format!("\nExecStart={p}/usr/local/bin/electra-edge serve --model {p}/usr/local/share/electra-edge/model\n")),
-        "{service}"
+        exec_start.starts_with(&format!(
+            "ExecStart={p}/usr/local/bin/electra-edge serve --model {p}/usr/local/share/electra-edge/model"
+        )),
+        "{exec_start}"
     );
     assert!(service.contains(&format!("\nReadOnlyPaths={p}/usr/local/share/electra-edge/model\n")));
     assert!(!service.contains("=/usr/local/"), "every /usr/local path rewritten");
@@ -544,4 +547,31 @@ fn next_notification(notify: &UnixDatagram, child: &mut std::process::Child) -> 
             Err(e) => panic!("recv: {e}"),
         }
     }
+}
+
+/// MemoryMax= in the shipped service is at least the memory budget the server states for the
+/// ExecStart limits, with the small model. Release builds only (a debug build's measured base
+/// is larger and its warm-up takes minutes), and skipped under emulation (qemu-user's own
+/// memory would count in the measured base).
+#[test]
+fn service_memory_max_covers_the_budget() {
+    if cfg!(debug_assertions) {
+        eprintln!("SKIP service_memory_max_covers_the_budget: debug build (run with --release)");
+        return;
+    }
+    if std::env::var_os("ELECTRA_EDGE_TEST_RUNNER").is_some() {
+        eprintln!("SKIP service_memory_max_covers_the_budget: emulated run");
+        return;
+    }
+    let model = repo_root().join("../shared/fixtures/electra-small-zh/discriminator");
+    let out = Command::new("bash")
+        .arg(repo_root().join("cross/verify-units.sh"))
+        .arg("--budget")
+        .arg(env!("CARGO_BIN_EXE_electra-edge"))
+        .arg(&model)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("memory budget"), "{stdout}");
 }
