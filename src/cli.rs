@@ -27,6 +27,26 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check a model folder: file checksums and golden outputs from manifest.json.
     Check(RunArgs),
+    /// Write the packed int8 weights sidecar of a model, which later loads memory-map.
+    Pack(PackArgs),
+}
+
+/// `electra-edge pack`: see the `model` module docs for where loads look for the sidecar.
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// Model folder (its model.onnx is packed).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// ONNX file to pack instead of DIR/model.onnx.
+    #[arg(long, value_name = "FILE")]
+    pub onnx: Option<PathBuf>,
+    /// Write to this file instead of next to the ONNX file (model.onnx.int8pack).
+    #[arg(long, value_name = "FILE", conflicts_with = "weights_cache")]
+    pub out: Option<PathBuf>,
+    /// Write into this cache folder, where loads with ELECTRA_EDGE_CACHE=DIR find it (for
+    /// read-only model folders). Default: $ELECTRA_EDGE_CACHE when set.
+    #[arg(long, value_name = "DIR")]
+    pub weights_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -32,5 +32,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => electra_edge::server::run_cli(&args),
         Command::Check(args) => electra_edge::selfcheck::run_cli(&args.model),
+        Command::Pack(args) => electra_edge::model::pack_cli(&args),
     }
 }
