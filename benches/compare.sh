@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One command for issue 4's benchmark: this project (int8 fused with mapped or heap weights, 2
+# threads, fp32 graph = tract f32, tract's own int8) and onnxruntime (int8, fp32), one thread
+# each unless said, on the small fixture at 8, 32, 128 and 512 tokens; medians, ratios to
+# onnxruntime int8, time-to-ready and memory. Prints a markdown table.
+#
+#   benches/compare.sh [--model DIR] [--seqs 8,32,128,512] [--runs 30] [--slow-runs 3]
+#
+# Environment: FIXTURES (default ../shared/fixtures next to the repo), PYTHON (python3),
+# OUT (keep the raw JSON lines there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FIXTURES=${FIXTURES:-../shared/fixtures}
+MODEL="$FIXTURES/electra-small-zh/discriminator"
+SEQS=8,32,128,512
+RUNS=30
+SLOW_RUNS=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --model) MODEL=$2; shift 2 ;;
+        --seqs) SEQS=$2; shift 2 ;;
+        --runs) RUNS=$2; shift 2 ;;
+        --slow-runs) SLOW_RUNS=$2; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c "import onnxruntime, numpy" 2>/dev/null; then
+    "$PYTHON" -m pip install --quiet onnxruntime numpy
+fi
+OUT=${OUT:-$(mktemp -t ee-compare.XXXXXX.jsonl)}
+: > "$OUT"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC') $(uname -m) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# benches/compare.sh --model $MODEL --seqs $SEQS --runs $RUNS --slow-runs $SLOW_RUNS"
+cargo bench --quiet --bench compare -- --model "$MODEL" --seqs "$SEQS" --runs "$RUNS" --slow-runs "$SLOW_RUNS" >> "$OUT"
+"$PYTHON" benches/compare.py ort --model "$MODEL" --seqs "$SEQS" --runs "$RUNS" >> "$OUT"
+"$PYTHON" -c 'import onnxruntime; print("# onnxruntime", onnxruntime.__version__)'
+"$PYTHON" benches/compare.py table "$OUT"
+echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
