@@ -42,7 +42,10 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut a = Args {
-        model: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/electra-small-zh/discriminator")),
+        model: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/electra-small-zh/discriminator"
+        )),
         seqs: vec![8, 32, 128, 512],
         runs: 30,
         slow_runs: 3,
@@ -55,7 +58,12 @@ fn parse_args() -> Args {
         let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
             "--model" => a.model = value().into(),
-            "--seqs" => a.seqs = value().split(',').map(|s| s.trim().parse().expect("--seqs")).collect(),
+            "--seqs" => {
+                a.seqs = value()
+                    .split(',')
+                    .map(|s| s.trim().parse().expect("--seqs"))
+                    .collect()
+            }
             "--runs" => a.runs = value().parse().expect("--runs"),
             "--slow-runs" => a.slow_runs = value().parse().expect("--slow-runs"),
             "--configs" => a.configs = value().split(',').map(String::from).collect(),
@@ -83,16 +91,25 @@ fn status(keys: &[&str]) -> Vec<u64> {
 
 /// Resident kB of the mappings of `path` (/proc/self/smaps).
 fn mapped_rss(path: Option<&Path>) -> u64 {
-    let Some(path) = path.and_then(|p| p.canonicalize().ok()) else { return 0 };
+    let Some(path) = path.and_then(|p| p.canonicalize().ok()) else {
+        return 0;
+    };
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
     let mut inside = false;
     let mut total = 0;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
-            inside = line.split_whitespace().nth(5).is_some_and(|p| Path::new(p) == path);
+            inside = line
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|p| Path::new(p) == path);
         } else if inside && first == "Rss:" {
-            total += line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     total
@@ -126,15 +143,29 @@ fn ids(seq: usize) -> Vec<i64> {
 
 fn one(a: &Args, name: &str) -> String {
     let (file, tract_int8, threads, weights) = match name {
-        "ours-int8" => ("model.onnx", false, 1, WeightsSource::Sidecar(a.sidecar.clone().expect("--sidecar"))),
-        "ours-int8-t2" => ("model.onnx", false, 2, WeightsSource::Sidecar(a.sidecar.clone().expect("--sidecar"))),
+        "ours-int8" => (
+            "model.onnx",
+            false,
+            1,
+            WeightsSource::Sidecar(a.sidecar.clone().expect("--sidecar")),
+        ),
+        "ours-int8-t2" => (
+            "model.onnx",
+            false,
+            2,
+            WeightsSource::Sidecar(a.sidecar.clone().expect("--sidecar")),
+        ),
         "ours-int8-heap" => ("model.onnx", false, 1, WeightsSource::Heap),
         "ours-fp32" => ("model.fp32.onnx", false, 1, WeightsSource::Heap),
         "tract-int8" => ("model.onnx", true, 1, WeightsSource::Heap),
         other => panic!("unknown configuration {other}"),
     };
     let path = a.model.join(file);
-    let options = ModelOptions { output: None, tract_int8, threads };
+    let options = ModelOptions {
+        output: None,
+        tract_int8,
+        threads,
+    };
     let t = Instant::now();
     let model = Model::load_with(&path, &options, &weights).expect("load");
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -175,7 +206,11 @@ fn one(a: &Args, name: &str) -> String {
         ));
     }
     let peak = status(&["VmHWM"])[0];
-    let stages: Vec<String> = model.load_timings.iter().map(|(s, ms)| format!("\"{s}\":{ms:.1}")).collect();
+    let stages: Vec<String> = model
+        .load_timings
+        .iter()
+        .map(|(s, ms)| format!("\"{s}\":{ms:.1}"))
+        .collect();
     format!(
         "{{\"config\":\"{name}\",\"threads\":{threads},\"load_ms\":{load_ms:.1},\"ready_ms\":{ready_ms:.1},\
          \"stages\":{{{}}},\"fused\":{},\"mapped\":{},\"rss_anon_kb\":{},\"rss_file_kb\":{},\"rss_kb\":{},\
@@ -203,7 +238,12 @@ fn main() {
     let sidecar = dir.join("model.onnx.int8pack");
     let t = Instant::now();
     let report = electra_edge::model::pack(&a.model.join("model.onnx"), &sidecar).expect("pack");
-    eprintln!("packed {} matrices ({:.1} MB) in {:.0} ms", report.entries, report.bytes as f64 / 1e6, t.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "packed {} matrices ({:.1} MB) in {:.0} ms",
+        report.entries,
+        report.bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let me = std::env::current_exe().expect("current_exe");
     let seqs: Vec<String> = a.seqs.iter().map(|s| s.to_string()).collect();
     for config in &a.configs {
@@ -211,7 +251,15 @@ fn main() {
         let out = Command::new(&me)
             .args(["--one", config, "--model"])
             .arg(&a.model)
-            .args(["--seqs", &seqs.join(","), "--runs", &a.runs.to_string(), "--slow-runs", &a.slow_runs.to_string(), "--sidecar"])
+            .args([
+                "--seqs",
+                &seqs.join(","),
+                "--runs",
+                &a.runs.to_string(),
+                "--slow-runs",
+                &a.slow_runs.to_string(),
+                "--sidecar",
+            ])
             .arg(&sidecar)
             .output()
             .expect("spawn");

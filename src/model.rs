@@ -261,7 +261,7 @@ pub fn pack_cli(args: &crate::cli::PackArgs) -> Result<()> {
         (None, None) => sidecar_path(&onnx),
     };
     let report = pack(&onnx, &out).map_err(|e| {
-        if args.out.is_none() && cache.is_none() {
+        if args.out.is_none() && cache.is_none() && format!("{e:#}").contains("cannot write") {
             e.context(format!(
                 "(read-only model folder? use --weights-cache DIR and run with {CACHE_ENV}=DIR)"
             ))
