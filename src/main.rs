@@ -6,7 +6,13 @@ use electra_edge::cli::{Cli, Command};
 use electra_edge::engine::Engine;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    // Under journald (JOURNAL_STREAM names our stderr) the journal stamps each line itself.
+    if electra_edge::systemd::stderr_is_journal() {
+        logger.format_timestamp(None);
+    }
+    logger.init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
