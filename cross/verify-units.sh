@@ -29,13 +29,13 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 printf '#!/bin/sh\nexit 0\n' > "$tmp/electra-edge"
 chmod 0755 "$tmp/electra-edge"
-bash "$here/install.sh" --binary "$tmp/electra-edge" "$tmp/root" > /dev/null 2>&1
+bash "$here/install.sh" --binary "$tmp/electra-edge" "$tmp/sysroot" > /dev/null 2>&1
 
-units=("$tmp/root/etc/systemd/system/electra-edge.service" "$tmp/root/etc/systemd/system/electra-edge.socket")
+units=("$tmp/sysroot/etc/systemd/system/electra-edge.service" "$tmp/sysroot/etc/systemd/system/electra-edge.socket")
 rc=0
 out="$(systemd-analyze verify "${units[@]}" 2>&1)" || rc=$?
 if [ "$rc" -ne 0 ] || [ -n "$out" ]; then
-    printf '%s\n' "$out" | sed "s#$tmp/root##g" >&2
+    printf '%s\n' "$out" | sed "s#$tmp/sysroot##g" >&2
     echo "verify-units: FAILED (systemd-analyze verify rc=$rc)" >&2
     exit 1
 fi

@@ -63,7 +63,10 @@ pub fn check(engine: &Engine) -> Result<Report> {
     for golden in &manifest.golden {
         if golden.input_ids.len() > engine.window_capacity() + 2 {
             // With a window smaller than the text, outputs are stitched, not the reference's.
-            log::warn!("self-check: {:?} is longer than one window, skipped", golden.text);
+            log::warn!(
+                "self-check: {:?} is longer than one window, skipped",
+                golden.text
+            );
             continue;
         }
         let (ids, ours) = raw_output(engine, &golden.text)?;

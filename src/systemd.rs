@@ -172,15 +172,21 @@ pub fn status_line(msg: &str) -> String {
 /// prefix such as `<4>`, which journald turns into the entry's priority.
 pub fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Some(value) = std::env::var_os("JOURNAL_STREAM") else { return false };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
     journal_stream_matches(&value.to_string_lossy(), meta.dev(), meta.ino())
 }
 
 /// Pure form of [`stderr_is_journal`]: does `JOURNAL_STREAM` (`"DEV:INODE"`, decimal) name
 /// the stream with device `dev` and inode `ino`?
 pub fn journal_stream_matches(journal_stream: &str, dev: u64, ino: u64) -> bool {
-    let Some((d, i)) = journal_stream.trim().split_once(':') else { return false };
+    let Some((d, i)) = journal_stream.trim().split_once(':') else {
+        return false;
+    };
     d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
 }
 

@@ -17,7 +17,10 @@ fn demo_models_pass_their_golden_outputs() {
         let report = engine.self_check.unwrap();
         assert!(report.checked >= 3, "{head}: {report:?}");
         assert!(report.max_error <= report.bound, "{head}: {report:?}");
-        assert!(selfcheck::mismatched_files(&dir).unwrap().is_empty(), "{head}");
+        assert!(
+            selfcheck::mismatched_files(&dir).unwrap().is_empty(),
+            "{head}"
+        );
     }
 }
 
@@ -26,7 +29,8 @@ fn check_command(dir: &std::path::Path) -> (bool, String) {
         .args(["check", "--model", &dir.display().to_string()])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -42,17 +46,27 @@ fn check_command_reports_drift_and_damage() {
     let mut manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     let golden = &mut manifest["golden"][0];
-    let shifted: Vec<f64> =
-        golden["ort_fp32"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() + 0.5).collect();
+    let shifted: Vec<f64> = golden["ort_fp32"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() + 0.5)
+        .collect();
     golden["ort_fp32"] = shifted.clone().into();
     golden["ort_int8"] = shifted.into();
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
-    let unchecked = EngineOptions { self_check: false, ..Default::default() };
+    let unchecked = EngineOptions {
+        self_check: false,
+        ..Default::default()
+    };
     let engine = Engine::load(dir.path(), unchecked).unwrap();
     let err = selfcheck::check(&engine).unwrap_err().to_string();
     assert!(err.contains("self-check failed"), "{err}");
     // Loading runs the same check and refuses to start.
-    let err = Engine::load(dir.path(), EngineOptions::default()).err().unwrap().to_string();
+    let err = Engine::load(dir.path(), EngineOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("self-check failed"), "{err}");
     let (ok, text) = check_command(dir.path());
     assert!(!ok && text.contains("self-check failed"), "{text}");

@@ -154,10 +154,17 @@ fn watchdog_from_env_pings_the_notify_socket() {
     assert!(!systemd::Watchdog::from_env().is_enabled());
     // Meant for us: 60 ms interval, pings every 30 ms.
     std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
-    assert_eq!(systemd::watchdog_interval(), Some(Duration::from_millis(60)));
+    assert_eq!(
+        systemd::watchdog_interval(),
+        Some(Duration::from_millis(60))
+    );
     let wd = systemd::Watchdog::from_env();
     std::env::remove_var("WATCHDOG_PID");
-    assert_eq!(systemd::watchdog_interval(), Some(Duration::from_millis(60)), "WATCHDOG_PID optional");
+    assert_eq!(
+        systemd::watchdog_interval(),
+        Some(Duration::from_millis(60)),
+        "WATCHDOG_PID optional"
+    );
     for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC"] {
         std::env::remove_var(k);
     }
@@ -181,11 +188,18 @@ fn watchdog_from_env_pings_the_notify_socket() {
 /// It does nothing unless `EE_SD_CHILD` is set.
 #[test]
 fn socket_activation_child() {
-    let Ok(mode) = std::env::var("EE_SD_CHILD") else { return };
+    let Ok(mode) = std::env::var("EE_SD_CHILD") else {
+        return;
+    };
     let expect_name = std::env::var("EE_SD_CHILD_NAME").ok();
-    assert!(std::env::var("LISTEN_FDS").is_ok(), "launcher set LISTEN_FDS");
+    assert!(
+        std::env::var("LISTEN_FDS").is_ok(),
+        "launcher set LISTEN_FDS"
+    );
     let listener = match mode.as_str() {
-        "listener" => systemd::listener_from_env().unwrap().expect("a passed socket"),
+        "listener" => systemd::listener_from_env()
+            .unwrap()
+            .expect("a passed socket"),
         "names" => {
             let mut fds = systemd::listen_fds_with_names().unwrap();
             assert_eq!(fds.len(), 1);
@@ -198,18 +212,32 @@ fn socket_activation_child() {
         other => panic!("unknown EE_SD_CHILD mode {other}"),
     };
     for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        assert!(std::env::var_os(k).is_none(), "{k} removed from the environment");
+        assert!(
+            std::env::var_os(k).is_none(),
+            "{k} removed from the environment"
+        );
     }
     // Close-on-exec is set on what we hold now.
     use std::os::fd::AsRawFd;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", listener.as_raw_fd())).unwrap();
-    let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
-    assert_ne!(u32::from_str_radix(flags, 8).unwrap() & 0o2000000, 0, "O_CLOEXEC set");
+    let info =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", listener.as_raw_fd())).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .unwrap()
+        .trim();
+    assert_ne!(
+        u32::from_str_radix(flags, 8).unwrap() & 0o2000000,
+        0,
+        "O_CLOEXEC set"
+    );
     // Serve one line.
     let (stream, _) = listener.accept().unwrap();
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line).unwrap();
-    (&stream).write_all(format!("ok {} {}", mode, line).as_bytes()).unwrap();
+    (&stream)
+        .write_all(format!("ok {} {}", mode, line).as_bytes())
+        .unwrap();
 }
 
 /// Connect to `path` (retrying while the child starts), send one line, return the reply and
@@ -222,22 +250,37 @@ fn talk_to_child(mut child: std::process::Child, path: &Path, line: &str) -> Str
             Err(e) => {
                 if let Some(status) = child.try_wait().unwrap() {
                     let mut err = String::new();
-                    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                    child
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
                     panic!("child exited early ({status}): {err}");
                 }
-                assert!(Instant::now() < deadline, "could not connect to {}: {e}", path.display());
+                assert!(
+                    Instant::now() < deadline,
+                    "could not connect to {}: {e}",
+                    path.display()
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
     };
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     (&stream).write_all(line.as_bytes()).unwrap();
     let mut reply = String::new();
     (&stream).read_to_string(&mut reply).unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed: {}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
     assert!(stdout.contains("1 passed"), "the child test ran: {stdout}");
     reply
 }
@@ -246,7 +289,15 @@ fn child_args() -> Vec<String> {
     let exe = std::env::current_exe().unwrap();
     let mut args = runner();
     args.push(exe.to_string_lossy().into_owned());
-    args.extend(["--exact", "socket_activation_child", "--nocapture", "--test-threads=1"].map(String::from));
+    args.extend(
+        [
+            "--exact",
+            "socket_activation_child",
+            "--nocapture",
+            "--test-threads=1",
+        ]
+        .map(String::from),
+    );
     args
 }
 
@@ -299,7 +350,13 @@ fn socket_activation_via_systemd_socket_activate() {
     let child = Command::new("systemd-socket-activate")
         .arg("--listen")
         .arg(&path)
-        .args(["--fdname=api", "-E", "EE_SD_CHILD=names", "-E", "EE_SD_CHILD_NAME=api"])
+        .args([
+            "--fdname=api",
+            "-E",
+            "EE_SD_CHILD=names",
+            "-E",
+            "EE_SD_CHILD_NAME=api",
+        ])
         .args(child_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -350,66 +407,143 @@ fn install_sh_into_a_temp_prefix() {
     std::fs::create_dir_all(model.join("golden")).unwrap();
     std::fs::write(model.join("config.json"), "{}").unwrap();
     std::fs::write(model.join("golden/out.json"), "[]").unwrap();
-    std::fs::set_permissions(model.join("config.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        model.join("config.json"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
 
     let prefix = dir.join("prefix");
     let out = install(
-        &["--binary", bin.to_str().unwrap(), "--model", model.to_str().unwrap(), prefix.to_str().unwrap()],
+        &[
+            "--binary",
+            bin.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            prefix.to_str().unwrap(),
+        ],
         None,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     let installed_bin = prefix.join("usr/local/bin/electra-edge");
-    assert_eq!(std::fs::read(&installed_bin).unwrap(), std::fs::read(&bin).unwrap());
+    assert_eq!(
+        std::fs::read(&installed_bin).unwrap(),
+        std::fs::read(&bin).unwrap()
+    );
     assert_eq!(mode(&installed_bin), 0o755);
     let model_dir = prefix.join("usr/local/share/electra-edge/model");
-    assert_eq!(std::fs::read_to_string(model_dir.join("golden/out.json")).unwrap(), "[]");
-    assert_eq!(mode(&model_dir.join("config.json")), 0o644, "model readable by the dynamic user");
+    assert_eq!(
+        std::fs::read_to_string(model_dir.join("golden/out.json")).unwrap(),
+        "[]"
+    );
+    assert_eq!(
+        mode(&model_dir.join("config.json")),
+        0o644,
+        "model readable by the dynamic user"
+    );
     assert_eq!(mode(&model_dir.join("golden")), 0o755);
 
     let units = prefix.join("etc/systemd/system");
     let service = std::fs::read_to_string(units.join("electra-edge.service")).unwrap();
     let socket = std::fs::read_to_string(units.join("electra-edge.socket")).unwrap();
     let p = prefix.to_str().unwrap();
-    let exec_start = service.lines().find(|l| l.starts_with("ExecStart=")).expect("ExecStart");
+    let exec_start = service
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart");
     assert!(
         exec_start.starts_with(&format!(
             "ExecStart={p}/usr/local/bin/electra-edge serve --model {p}/usr/local/share/electra-edge/model"
         )),
         "{exec_start}"
     );
-    assert!(service.contains(&format!("\nReadOnlyPaths={p}/usr/local/share/electra-edge/model\n")));
-    assert!(!service.contains("=/usr/local/"), "every /usr/local path rewritten");
-    for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec=", "Restart=on-failure", "DynamicUser=yes",
-        "ProtectSystem=strict", "ProtectHome=yes", "NoNewPrivileges=yes", "PrivateTmp=yes",
-        "RestrictAddressFamilies=AF_UNIX", "MemoryMax=", "Environment=RUST_LOG=info"]
-    {
-        assert!(service.lines().any(|l| l.starts_with(line)), "service has {line}");
+    assert!(service.contains(&format!(
+        "\nReadOnlyPaths={p}/usr/local/share/electra-edge/model\n"
+    )));
+    assert!(
+        !service.contains("=/usr/local/"),
+        "every /usr/local path rewritten"
+    );
+    for line in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_UNIX",
+        "MemoryMax=",
+        "Environment=RUST_LOG=info",
+    ] {
+        assert!(
+            service.lines().any(|l| l.starts_with(line)),
+            "service has {line}"
+        );
     }
     assert!(socket.contains("\nListenStream=/run/electra-edge/electra-edge.sock\n"));
     assert!(socket.contains("\nSocketMode=0660\n"));
-    assert_eq!(socket, std::fs::read_to_string(repo_root().join("cross/electra-edge.socket")).unwrap());
+    assert_eq!(
+        socket,
+        std::fs::read_to_string(repo_root().join("cross/electra-edge.socket")).unwrap()
+    );
 
     // Installing again (an upgrade) works and is idempotent.
     let again = install(&["--binary", bin.to_str().unwrap(), p], None);
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(std::fs::read_to_string(units.join("electra-edge.service")).unwrap(), service);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(units.join("electra-edge.service")).unwrap(),
+        service
+    );
 
     // DESTDIR staging: files under DESTDIR, unit paths as at run time (/usr/local/...).
     let stage = dir.join("stage");
     let out = install(&["--binary", bin.to_str().unwrap(), "/"], Some(&stage));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stage.join("usr/local/bin/electra-edge").is_file());
-    let staged = std::fs::read_to_string(stage.join("etc/systemd/system/electra-edge.service")).unwrap();
-    assert_eq!(staged, std::fs::read_to_string(repo_root().join("cross/electra-edge.service")).unwrap());
+    let staged =
+        std::fs::read_to_string(stage.join("etc/systemd/system/electra-edge.service")).unwrap();
+    assert_eq!(
+        staged,
+        std::fs::read_to_string(repo_root().join("cross/electra-edge.service")).unwrap()
+    );
 
     // Errors are clear and leave nothing half-done.
-    let out = install(&["--binary", dir.join("nope").to_str().unwrap(), dir.join("p2").to_str().unwrap()], None);
+    let out = install(
+        &[
+            "--binary",
+            dir.join("nope").to_str().unwrap(),
+            dir.join("p2").to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no binary at"));
     assert!(!dir.join("p2").exists());
-    let out = install(&["--binary", bin.to_str().unwrap(), dir.join("with space").to_str().unwrap()], None);
+    let out = install(
+        &[
+            "--binary",
+            bin.to_str().unwrap(),
+            dir.join("with space").to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -420,7 +554,10 @@ fn verify_units_sh_passes() {
         eprintln!("SKIP verify_units_sh_passes: systemd-analyze not installed");
         return;
     }
-    let out = Command::new("bash").arg(repo_root().join("cross/verify-units.sh")).output().unwrap();
+    let out = Command::new("bash")
+        .arg(repo_root().join("cross/verify-units.sh"))
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -444,12 +581,18 @@ fn serve_under_a_stand_in_for_systemd() {
         return;
     }
     let model = repo_root().join("../shared/fixtures/electra-tiny-zh/discriminator");
-    assert!(model.join("config.json").is_file(), "fixture model at {}", model.display());
+    assert!(
+        model.join("config.json").is_file(),
+        "fixture model at {}",
+        model.display()
+    );
     let dir = tempdir("e2e");
     let sock = dir.join("electra-edge.sock");
     let notify_path = dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
 
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.arg("--listen").arg(&sock);
@@ -462,7 +605,11 @@ fn serve_under_a_stand_in_for_systemd() {
     }
     cmd.args(runner()).arg(env!("CARGO_BIN_EXE_electra-edge"));
     cmd.arg("serve").arg("--model").arg(&model);
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
 
     // systemd-socket-activate starts the service on the first connection (as systemd does for
@@ -478,7 +625,9 @@ fn serve_under_a_stand_in_for_systemd() {
             }
         }
     };
-    stream.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(300)))
+        .unwrap();
 
     // Everything until READY=1 (STATUS= lines while loading).
     let mut seen = Vec::new();
@@ -490,10 +639,15 @@ fn serve_under_a_stand_in_for_systemd() {
         }
         assert!(seen.len() < 1000, "no READY=1: {seen:?}");
     }
-    assert!(seen.iter().any(|m| m.starts_with("STATUS=")), "STATUS before READY: {seen:?}");
+    assert!(
+        seen.iter().any(|m| m.starts_with("STATUS=")),
+        "STATUS before READY: {seen:?}"
+    );
 
     // The request, on the socket passed in.
-    (&stream).write_all("{\"id\":1,\"text\":\"我爱北京天安门\"}\n".as_bytes()).unwrap();
+    (&stream)
+        .write_all("{\"id\":1,\"text\":\"我爱北京天安门\"}\n".as_bytes())
+        .unwrap();
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line).unwrap();
     let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -512,7 +666,10 @@ fn serve_under_a_stand_in_for_systemd() {
     }
 
     // SIGTERM: STOPPING=1, exit 0, socket file left for systemd.
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     loop {
         let msg = next_notification(&notify, &mut child);
@@ -524,7 +681,10 @@ fn serve_under_a_stand_in_for_systemd() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {}: {stderr}", out.status);
-    assert!(sock.exists(), "a socket-activated server leaves the socket file to systemd");
+    assert!(
+        sock.exists(),
+        "a socket-activated server leaves the socket file to systemd"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -536,10 +696,20 @@ fn next_notification(notify: &UnixDatagram, child: &mut std::process::Child) -> 
     loop {
         match notify.recv(&mut buf) {
             Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 if let Some(status) = child.try_wait().unwrap() {
                     let mut err = String::new();
-                    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                    child
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
                     panic!("service exited ({status}) before the next notification: {err}");
                 }
                 assert!(Instant::now() < deadline, "no notification in time");
@@ -572,6 +742,10 @@ fn service_memory_max_covers_the_budget() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("memory budget"), "{stdout}");
 }
