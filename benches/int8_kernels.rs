@@ -128,12 +128,24 @@ fn f32_matmul(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize)
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let threads: usize = arg("--threads").and_then(|v| v.parse().ok()).unwrap_or(1);
     let quick = args.iter().any(|a| a == "--quick");
     let kernels: Vec<Kernel> = match arg("--kernels") {
-        Some(list) => list.split(',').filter_map(Kernel::parse).filter(|k| k.is_available()).collect(),
-        None => Kernel::ALL.into_iter().filter(|k| k.is_available()).collect(),
+        Some(list) => list
+            .split(',')
+            .filter_map(Kernel::parse)
+            .filter(|k| k.is_available())
+            .collect(),
+        None => Kernel::ALL
+            .into_iter()
+            .filter(|k| k.is_available())
+            .collect(),
     };
     // one thread: CPU time of this thread (robust on a busy host); more: wall time
     let cpu = threads == 1 && !args.iter().any(|a| a == "--wall");
@@ -148,31 +160,64 @@ fn main() {
     println!(
         "int8 kernels vs f32, threads = {threads}, default kernel = {}, timing = {}",
         Kernel::default_choice(),
-        if cpu { "thread CPU time, best of" } else { "wall time, best of" }
+        if cpu {
+            "thread CPU time, best of"
+        } else {
+            "wall time, best of"
+        }
     );
-    println!("{:>16} {:>8} {:>10} {:>10} {:>10} {:>10}", "M x K x N", "kernel", "gemm GMAC/s", "op GMAC/s", "op us", "f32 GMAC/s");
+    println!(
+        "{:>16} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "M x K x N", "kernel", "gemm GMAC/s", "op GMAC/s", "op us", "f32 GMAC/s"
+    );
     let mut rng = XorShift(0x2545F4914F6CDD1D);
     for (m, k, n) in shapes {
         let macs = (m * k * n) as f64;
         let x: Vec<f32> = (0..m * k).map(|_| rng.f32() * 3.0).collect();
         let wf: Vec<f32> = (0..k * n).map(|_| rng.f32() * 0.05).collect();
-        let w8: Vec<u8> = wf.iter().map(|v| ((v / 0.05 * 127.0).round() as i8) as u8).collect();
+        let w8: Vec<u8> = wf
+            .iter()
+            .map(|v| ((v / 0.05 * 127.0).round() as i8) as u8)
+            .collect();
         let packed = pack_weights(&w8, true, k, n, &[]);
         let sw = vec![0.05f32 / 127.0; n];
         let bias = vec![0.01f32; n];
         let mut y = vec![0f32; m * n];
-        let tf = time(budget, cpu, || f32_matmul(black_box(&x), black_box(&wf), &mut y, m, k, n));
+        let tf = time(budget, cpu, || {
+            f32_matmul(black_box(&x), black_box(&wf), &mut y, m, k, n)
+        });
         for &kernel in &kernels {
-            if kernel == Kernel::Scalar && macs > 40e6 && !args.iter().any(|a| a == "--scalar-all") {
+            if kernel == Kernel::Scalar && macs > 40e6 && !args.iter().any(|a| a == "--scalar-all")
+            {
                 continue;
             }
             let mut q = vec![0u8; m * k];
             let p = electra_edge::int8::dynamic_quantize_linear_with(kernel, &x, &mut q);
             let tg = time(budget, cpu, || {
-                qgemm_f32(kernel, black_box(&q), m, p.zero_point, p.scale, &packed, &sw, Some(&bias), &mut y, threads)
+                qgemm_f32(
+                    kernel,
+                    black_box(&q),
+                    m,
+                    p.zero_point,
+                    p.scale,
+                    &packed,
+                    &sw,
+                    Some(&bias),
+                    &mut y,
+                    threads,
+                )
             });
             let to = time(budget, cpu, || {
-                quantized_matmul_f32(kernel, black_box(&x), m, &packed, &sw, Some(&bias), &mut y, threads);
+                quantized_matmul_f32(
+                    kernel,
+                    black_box(&x),
+                    m,
+                    &packed,
+                    &sw,
+                    Some(&bias),
+                    &mut y,
+                    threads,
+                );
             });
             println!(
                 "{:>16} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",

@@ -148,21 +148,20 @@ fn watchdog_from_env_pings_the_notify_socket() {
 
     std::env::set_var("NOTIFY_SOCKET", &path);
     // Meant for another process: no watchdog.
-    std::env::set_var("WATCHDOG_USEC", "60000");
+    std::env::set_var("WATCHDOG_USEC", "2000000");
     std::env::set_var("WATCHDOG_PID", "1");
     assert_eq!(systemd::watchdog_interval(), None);
     assert!(!systemd::Watchdog::from_env().is_enabled());
-    // Meant for us: 60 ms interval, pings every 30 ms.
+    // Meant for us: 2 s interval, pings every second. (A shorter interval makes the test flaky
+    // on a loaded host: a busy test thread descheduled past the stall limit rightly stops the
+    // pings.)
     std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
-    assert_eq!(
-        systemd::watchdog_interval(),
-        Some(Duration::from_millis(60))
-    );
+    assert_eq!(systemd::watchdog_interval(), Some(Duration::from_secs(2)));
     let wd = systemd::Watchdog::from_env();
     std::env::remove_var("WATCHDOG_PID");
     assert_eq!(
         systemd::watchdog_interval(),
-        Some(Duration::from_millis(60)),
+        Some(Duration::from_secs(2)),
         "WATCHDOG_PID optional"
     );
     for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC"] {

@@ -79,7 +79,11 @@ pub(crate) fn pack_a(kernel: Kernel, a: &[u8], m: usize, k: usize, za: u8) -> Pa
                 };
                 rowsum[row] = s - kza;
             }
-            PackedA { buf: ABuf::I16(buf), rowsum, block_bytes: per_block * 2 }
+            PackedA {
+                buf: ABuf::I16(buf),
+                rowsum,
+                block_bytes: per_block * 2,
+            }
         }
         AFormat::I8Shifted => {
             let mut buf = vec![0i8; blocks * per_block];
@@ -97,7 +101,11 @@ pub(crate) fn pack_a(kernel: Kernel, a: &[u8], m: usize, k: usize, za: u8) -> Pa
                 }
                 rowsum[row] = s - kza;
             }
-            PackedA { buf: ABuf::I8(buf), rowsum, block_bytes: per_block }
+            PackedA {
+                buf: ABuf::I8(buf),
+                rowsum,
+                block_bytes: per_block,
+            }
         }
     }
 }
@@ -288,7 +296,11 @@ fn execute(kernel: Kernel, job: &Job, panels: usize, threads: usize) {
     // a spawned thread costs tens of microseconds: give each at least ~2M MACs (~30 us)
     let macs = job.m * job.kq * 4 * job.n;
     // (unit tests split even tiny matmuls, to exercise the threaded path)
-    let useful = if cfg!(test) { threads } else { macs / MIN_MACS_PER_THREAD };
+    let useful = if cfg!(test) {
+        threads
+    } else {
+        macs / MIN_MACS_PER_THREAD
+    };
     let threads = threads.min(useful).clamp(1, panels.max(1));
     if threads == 1 {
         unsafe { run(job, 0, panels) };
@@ -488,9 +500,21 @@ pub fn quantized_matmul_f32(
     if kernel == Kernel::Avx2 && m > 0 {
         // quantize straight into the packed layout: a - za = clamp(round(x / s), -zp, 255 - zp)
         let check_n = w.n();
-        assert_eq!(y.len(), m * check_n, "quantized_matmul_f32: Y has {} elements, not M*N", y.len());
-        assert!(sw.len() == 1 || sw.len() == check_n, "quantized_matmul_f32: {} weight scales", sw.len());
-        assert!(bias.is_none_or(|b| b.len() == check_n), "quantized_matmul_f32: bias length");
+        assert_eq!(
+            y.len(),
+            m * check_n,
+            "quantized_matmul_f32: Y has {} elements, not M*N",
+            y.len()
+        );
+        assert!(
+            sw.len() == 1 || sw.len() == check_n,
+            "quantized_matmul_f32: {} weight scales",
+            sw.len()
+        );
+        assert!(
+            bias.is_none_or(|b| b.len() == check_n),
+            "quantized_matmul_f32: bias length"
+        );
         let (lo, hi) = quantize::min_max(kernel, x);
         let p = QuantParams::from_min_max(lo, hi);
         let pa = unsafe { super::x86::quantize_pack_a_avx2(x, m, w.k(), p) };

@@ -35,8 +35,8 @@
 mod gemm;
 pub mod op;
 pub mod pack;
-pub mod sidecar;
 mod quantize;
+pub mod sidecar;
 
 #[cfg(target_arch = "aarch64")]
 mod arm;
@@ -48,12 +48,12 @@ mod tests;
 
 pub use gemm::{qgemm_f32, qgemm_i32, quantized_matmul_f32};
 pub use op::{
-    fuse_quantized_matmuls, fuse_quantized_matmuls_from, fuse_quantized_matmuls_with, packed_weights_of,
-    FuseOptions, FuseReport, QMatMul,
+    fuse_quantized_matmuls, fuse_quantized_matmuls_from, fuse_quantized_matmuls_with,
+    packed_weights_of, FuseOptions, FuseReport, QMatMul,
 };
-pub use sidecar::Sidecar;
 pub use pack::{pack_weights, PackedWeights};
 pub use quantize::{dynamic_quantize_linear, dynamic_quantize_linear_with, QuantParams};
+pub use sidecar::Sidecar;
 
 use std::sync::OnceLock;
 

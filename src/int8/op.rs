@@ -63,7 +63,11 @@ impl Op for QMatMul {
             self.weights.k(),
             self.weights.n(),
             if self.weights.from_u8() { "u8" } else { "i8" },
-            if self.w_scale.len() == 1 { "per-tensor" } else { "per-column" },
+            if self.w_scale.len() == 1 {
+                "per-tensor"
+            } else {
+                "per-column"
+            },
             self.bias.is_some(),
             Kernel::resolve(self.kernel),
             self.threads
@@ -80,7 +84,10 @@ impl EvalOp for QMatMul {
         let x = args_1!(inputs);
         let (k, n) = (self.weights.k(), self.weights.n());
         let shape = x.shape();
-        ensure!(shape.last() == Some(&k), "QMatMul: input shape {shape:?}, K = {k}");
+        ensure!(
+            shape.last() == Some(&k),
+            "QMatMul: input shape {shape:?}, K = {k}"
+        );
         let m = x.len() / k;
         let mut out_shape: TVec<usize> = shape.into();
         *out_shape.last_mut().unwrap() = n;
@@ -120,7 +127,10 @@ impl TypedOp for QMatMul {
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let m: TDim = inputs[0].shape.iter().rev().skip(1).product();
-        Ok(tvec!((Cost::FMA(i32::datum_type()), m * (self.weights.k() * self.weights.n()))))
+        Ok(tvec!((
+            Cost::FMA(i32::datum_type()),
+            m * (self.weights.k() * self.weights.n())
+        )))
     }
 
     as_op!();
@@ -137,7 +147,10 @@ pub struct FuseOptions {
 
 impl Default for FuseOptions {
     fn default() -> Self {
-        FuseOptions { kernel: None, threads: 1 }
+        FuseOptions {
+            kernel: None,
+            threads: 1,
+        }
     }
 }
 
@@ -148,7 +161,10 @@ pub fn fuse_quantized_matmuls(model: &mut TypedModel) -> TractResult<usize> {
 }
 
 /// [`fuse_quantized_matmuls`] with options.
-pub fn fuse_quantized_matmuls_with(model: &mut TypedModel, opts: &FuseOptions) -> TractResult<usize> {
+pub fn fuse_quantized_matmuls_with(
+    model: &mut TypedModel,
+    opts: &FuseOptions,
+) -> TractResult<usize> {
     Ok(fuse_quantized_matmuls_from(model, opts, None)?.fused)
 }
 
@@ -173,7 +189,10 @@ pub fn fuse_quantized_matmuls_from(
     let candidates: Vec<usize> = model
         .nodes()
         .iter()
-        .filter(|n| n.op_as::<EinSum>().is_some_and(|e| e.q_params == Some(DatumType::I32)))
+        .filter(|n| {
+            n.op_as::<EinSum>()
+                .is_some_and(|e| e.q_params == Some(DatumType::I32))
+        })
         .map(|n| n.id)
         .collect();
     let mut report = FuseReport::default();
@@ -226,7 +245,10 @@ pub fn packed_weights_of(model: &TypedModel) -> Vec<(String, PackedWeights)> {
     model
         .nodes()
         .iter()
-        .filter_map(|n| n.op_as::<QMatMul>().map(|op| (n.name.clone(), op.weights.clone())))
+        .filter_map(|n| {
+            n.op_as::<QMatMul>()
+                .map(|op| (n.name.clone(), op.weights.clone()))
+        })
         .collect()
 }
 
@@ -257,7 +279,13 @@ impl Chain {
         if w.k() != self.k || w.n() != self.n || w.from_u8() == self.signed {
             return false;
         }
-        let conv = |b: u8| -> i32 { if self.signed { b as i8 as i32 } else { b as i32 - 128 } };
+        let conv = |b: u8| -> i32 {
+            if self.signed {
+                b as i8 as i32
+            } else {
+                b as i32 - 128
+            }
+        };
         let zp_ok = (0..self.n).all(|j| {
             let z = match self.zp.len() {
                 1 => self.zp[0],
@@ -268,7 +296,11 @@ impl Chain {
         // the source byte of w[kk, col], without copying the tensor
         let raw = |i: usize| -> Option<u8> {
             let r = self.w.try_as_plain_ram().ok()?;
-            Some(if self.signed { r.as_slice::<i8>().ok()?[i] as u8 } else { r.as_slice::<u8>().ok()?[i] })
+            Some(if self.signed {
+                r.as_slice::<i8>().ok()?[i] as u8
+            } else {
+                r.as_slice::<u8>().ok()?[i]
+            })
         };
         let data = w.data();
         let panels = [0, w.panels() - 1];
@@ -278,7 +310,11 @@ impl Chain {
                     let col = p * 8 + j;
                     (0..4.min(self.k)).all(|kk| {
                         let packed = data[p * w.kq() * 32 + j * 4 + kk] as i8 as i32;
-                        let want = if col < self.n { raw(kk * self.n + col).map(conv) } else { Some(0) };
+                        let want = if col < self.n {
+                            raw(kk * self.n + col).map(conv)
+                        } else {
+                            Some(0)
+                        };
                         Some(packed) == want
                     })
                 })
@@ -288,7 +324,11 @@ impl Chain {
 
 fn tensor_bytes(t: &Tensor, signed: bool) -> TractResult<Vec<u8>> {
     Ok(if signed {
-        t.try_as_plain_ram()?.as_slice::<i8>()?.iter().map(|&v| v as u8).collect()
+        t.try_as_plain_ram()?
+            .as_slice::<i8>()?
+            .iter()
+            .map(|&v| v as u8)
+            .collect()
     } else {
         t.try_as_plain_ram()?.as_slice::<u8>()?.to_vec()
     })
@@ -317,7 +357,10 @@ fn scalar_is<T: Datum + PartialEq + Copy>(model: &TypedModel, o: OutletId, v: T)
     const_of(model, o).is_some_and(|t| {
         t.len() == 1
             && t.datum_type() == T::datum_type()
-            && t.try_as_plain_ram().ok().and_then(|r| r.as_slice::<T>().ok().map(|s| s[0] == v)) == Some(true)
+            && t.try_as_plain_ram()
+                .ok()
+                .and_then(|r| r.as_slice::<T>().ok().map(|s| s[0] == v))
+                == Some(true)
     })
 }
 
@@ -337,13 +380,18 @@ fn bin_op<'m>(model: &'m TypedModel, id: usize, name: &str) -> Option<&'m TypedN
 /// The single consumer of an outlet, if it has exactly one and is not a model output.
 fn single_succ(model: &TypedModel, o: OutletId) -> Option<(usize, usize)> {
     let succ = model.outlet_successors(o);
-    let is_output = model.output_outlets().map(|os| os.contains(&o)).unwrap_or(true);
+    let is_output = model
+        .output_outlets()
+        .map(|os| os.contains(&o))
+        .unwrap_or(true);
     (succ.len() == 1 && !is_output).then(|| (succ[0].node, succ[0].slot))
 }
 
 fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
     let e = model.node(id);
-    let Some(es) = e.op_as::<EinSum>() else { return Ok(None) };
+    let Some(es) = e.op_as::<EinSum>() else {
+        return Ok(None);
+    };
     if e.inputs.len() != 9 || es.operating_dt != DatumType::I32 {
         return Ok(None);
     }
@@ -371,7 +419,9 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
         return Ok(None);
     }
     // constant weights [K, N] (leading 1s from rank broadcasting), i8 or u8
-    let Some(w) = const_of(model, e.inputs[1]) else { return Ok(None) };
+    let Some(w) = const_of(model, e.inputs[1]) else {
+        return Ok(None);
+    };
     let signed = match w.datum_type() {
         DatumType::I8 => true,
         DatumType::U8 => false,
@@ -391,22 +441,35 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
         return Ok(None);
     }
     // weight zero point: absent, one, or N, same type as the weights
-    let Some(wzp) = const_of(model, e.inputs[5]) else { return Ok(None) };
+    let Some(wzp) = const_of(model, e.inputs[5]) else {
+        return Ok(None);
+    };
     if wzp.datum_type() != w.datum_type() || !(wzp.len() == 1 || wzp.len() == n) {
         return Ok(None);
     }
     // -> Cast(f32)
-    let Some((c, _)) = single_succ(model, OutletId::new(id, 0)) else { return Ok(None) };
+    let Some((c, _)) = single_succ(model, OutletId::new(id, 0)) else {
+        return Ok(None);
+    };
     let cn = model.node(c);
     if cn.op_as::<Cast>().is_none_or(|c| c.to != DatumType::F32) {
         return Ok(None);
     }
     // -> Mul(acc, scale) with scale = Mul(x_scale, W_scale) (through rank fixes)
-    let Some((mu, slot)) = single_succ(model, OutletId::new(c, 0)) else { return Ok(None) };
-    let Some(mun) = bin_op(model, mu, "Mul") else { return Ok(None) };
+    let Some((mu, slot)) = single_succ(model, OutletId::new(c, 0)) else {
+        return Ok(None);
+    };
+    let Some(mun) = bin_op(model, mu, "Mul") else {
+        return Ok(None);
+    };
     let s = through_axes(model, mun.inputs[1 - slot]);
-    let Some(sm) = bin_op(model, s.node, "Mul") else { return Ok(None) };
-    let (a0, a1) = (through_axes(model, sm.inputs[0]), through_axes(model, sm.inputs[1]));
+    let Some(sm) = bin_op(model, s.node, "Mul") else {
+        return Ok(None);
+    };
+    let (a0, a1) = (
+        through_axes(model, sm.inputs[0]),
+        through_axes(model, sm.inputs[1]),
+    );
     let xs = OutletId::new(d.id, 1);
     let ws = if a0 == xs {
         sm.inputs[1]
@@ -415,7 +478,9 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
     } else {
         return Ok(None);
     };
-    let Some(w_scale) = const_of(model, ws).as_deref().and_then(f32s) else { return Ok(None) };
+    let Some(w_scale) = const_of(model, ws).as_deref().and_then(f32s) else {
+        return Ok(None);
+    };
     if !(w_scale.len() == 1 || w_scale.len() == n) {
         return Ok(None);
     }
@@ -450,7 +515,17 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
         }
     }
     let zp = tensor_bytes(&wzp, signed)?;
-    Ok(Some(Chain { x, last, w, signed, k, n, zp, w_scale: Arc::from(w_scale), bias }))
+    Ok(Some(Chain {
+        x,
+        last,
+        w,
+        signed,
+        k,
+        n,
+        zp,
+        w_scale: Arc::from(w_scale),
+        bias,
+    }))
 }
 
 #[cfg(test)]
@@ -459,7 +534,9 @@ mod tests {
     use tract_onnx::prelude::*;
 
     fn typed(path: &str) -> TractResult<TypedModel> {
-        let mut model = tract_onnx::onnx().with_ignore_value_info(true).model_for_path(path)?;
+        let mut model = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_path(path)?;
         let s = model.symbols.sym("S");
         for ix in 0..model.input_outlets()?.len() {
             model.set_input_fact(ix, i64::fact([1.to_dim(), s.to_dim()]).into())?;
@@ -488,7 +565,10 @@ mod tests {
             } else if name.contains("type") {
                 tract_ndarray::Array2::<i64>::zeros((1, seq)).into()
             } else {
-                tract_ndarray::Array2::from_shape_fn((1, seq), |(_, j)| (100 + 37 * j as i64) % 5000).into()
+                tract_ndarray::Array2::from_shape_fn((1, seq), |(_, j)| {
+                    (100 + 37 * j as i64) % 5000
+                })
+                .into()
             };
             v.push(t.into_tvalue());
         }
@@ -502,8 +582,19 @@ mod tests {
         let typed = typed(&path)?;
         for n in typed.nodes() {
             let facts: Vec<String> = n.outputs.iter().map(|o| format!("{:?}", o.fact)).collect();
-            let ins: Vec<String> = n.inputs.iter().map(|i| format!("{}/{}", i.node, i.slot)).collect();
-            println!("#{} {} [{}] in={:?} out={:?}", n.id, n.name, n.op.name(), ins, facts);
+            let ins: Vec<String> = n
+                .inputs
+                .iter()
+                .map(|i| format!("{}/{}", i.node, i.slot))
+                .collect();
+            println!(
+                "#{} {} [{}] in={:?} out={:?}",
+                n.id,
+                n.name,
+                n.op.name(),
+                ins,
+                facts
+            );
         }
         Ok(())
     }
@@ -516,12 +607,17 @@ mod tests {
             .map(|h| fixture(&format!("electra-tiny-zh/{h}/model.onnx")))
             .collect();
         for h in ["discriminator", "classifier", "tagger", "encoder"] {
-            v.push(format!("{}/models/demo/{h}/model.onnx", env!("CARGO_MANIFEST_DIR")));
+            v.push(format!(
+                "{}/models/demo/{h}/model.onnx",
+                env!("CARGO_MANIFEST_DIR")
+            ));
         }
         if let Ok(extra) = std::env::var("INT8_FUSE_MODELS") {
             v.extend(extra.split(':').filter(|s| !s.is_empty()).map(String::from));
         }
-        v.into_iter().filter(|p| std::path::Path::new(p).exists()).collect()
+        v.into_iter()
+            .filter(|p| std::path::Path::new(p).exists())
+            .collect()
     }
 
     /// Fused vs tract's own int8 path, per kernel: the same outputs (to float rounding).
@@ -541,10 +637,19 @@ mod tests {
                 .count();
             for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
                 let mut fused = base.clone();
-                let opts = FuseOptions { kernel: Some(kernel), threads: 2 };
+                let opts = FuseOptions {
+                    kernel: Some(kernel),
+                    threads: 2,
+                };
                 let count = fuse_quantized_matmuls_with(&mut fused, &opts)?;
-                assert_eq!(count, total, "{path} {kernel}: every MatMulInteger chain fused");
-                assert!(fused.nodes().iter().all(|n| n.op.name() != "DynamicQuantizeLinearU8"));
+                assert_eq!(
+                    count, total,
+                    "{path} {kernel}: every MatMulInteger chain fused"
+                );
+                assert!(fused
+                    .nodes()
+                    .iter()
+                    .all(|n| n.op.name() != "DynamicQuantizeLinearU8"));
                 let plan = fused.into_optimized()?.into_runnable()?;
                 for seq in [1, 7, 32] {
                     let t = std::time::Instant::now();
@@ -558,13 +663,20 @@ mod tests {
                         let w = w.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
                         let g = g.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
                         assert_eq!(w.len(), g.len());
-                        let max = w.iter().zip(&g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        let max = w
+                            .iter()
+                            .zip(&g)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0f32, f32::max);
                         let scale = w.iter().map(|a| a.abs()).fold(0f32, f32::max).max(1e-6);
                         eprintln!(
                             "{path} {kernel} seq {seq}: {count} fused, max |diff| {max:e} (max |y| {scale:e}), \
                              run {t_fused:.2} ms vs tract int8 {t_ref:.2} ms (one cold run each)"
                         );
-                        assert!(max <= 1e-4 * scale, "{path} {kernel} seq {seq}: {max} vs {scale}");
+                        assert!(
+                            max <= 1e-4 * scale,
+                            "{path} {kernel} seq {seq}: {max} vs {scale}"
+                        );
                     }
                 }
             }
@@ -577,7 +689,10 @@ mod tests {
     #[test]
     fn sidecar_round_trip() -> TractResult<()> {
         use crate::int8::sidecar::{fingerprint, sidecar_bytes, write_sidecar};
-        let demo = format!("{}/models/demo/discriminator/model.onnx", env!("CARGO_MANIFEST_DIR"));
+        let demo = format!(
+            "{}/models/demo/discriminator/model.onnx",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let tiny = tiny();
         if !std::path::Path::new(&tiny).exists() || !std::path::Path::new(&demo).exists() {
             eprintln!("skipped: models not found");
@@ -599,13 +714,33 @@ mod tests {
         assert_eq!((side.len(), side.fingerprint()), (fused, fp));
 
         let mut mapped = base.clone();
-        let report = fuse_quantized_matmuls_from(&mut mapped, &FuseOptions::default(), Some(&side))?;
-        assert_eq!(report, FuseReport { fused, from_sidecar: fused });
-        assert!(packed_weights_of(&mapped).iter().all(|(_, w)| w.is_shared()));
-        let (a, b) = (heap.into_optimized()?.into_runnable()?, mapped.into_optimized()?.into_runnable()?);
+        let report =
+            fuse_quantized_matmuls_from(&mut mapped, &FuseOptions::default(), Some(&side))?;
+        assert_eq!(
+            report,
+            FuseReport {
+                fused,
+                from_sidecar: fused
+            }
+        );
+        assert!(packed_weights_of(&mapped)
+            .iter()
+            .all(|(_, w)| w.is_shared()));
+        let (a, b) = (
+            heap.into_optimized()?.into_runnable()?,
+            mapped.into_optimized()?.into_runnable()?,
+        );
         let (ya, yb) = (a.run(inputs(&base, 9)?)?, b.run(inputs(&base, 9)?)?);
-        assert_eq!(ya[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?,
-                   yb[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?);
+        assert_eq!(
+            ya[0]
+                .cast_to::<f32>()?
+                .try_as_plain_ram()?
+                .as_slice::<f32>()?,
+            yb[0]
+                .cast_to::<f32>()?
+                .try_as_plain_ram()?
+                .as_slice::<f32>()?
+        );
 
         // another model's sidecar (same node names, uint8 weights): nothing taken from it
         let mut other = typed(&demo)?;
@@ -617,7 +752,9 @@ mod tests {
         let cut: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes[..bytes.len() - 100].to_vec());
         match Sidecar::parse(cut) {
             Err(_) => {}
-            Ok(s) => assert!(entries.iter().any(|(n, _)| s.get(n).is_none_or(|r| r.is_err()))),
+            Ok(s) => assert!(entries
+                .iter()
+                .any(|(n, _)| s.get(n).is_none_or(|r| r.is_err()))),
         }
         let short: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes[..40].to_vec());
         assert!(Sidecar::parse(short).is_err());
@@ -661,21 +798,45 @@ mod tests {
         // thread CPU time (robust on a shared host; all work is on this thread with one
         // thread), unless INT8_TIMING_WALL is set
         let cpu_time = std::env::var("INT8_TIMING_WALL").is_err();
-        eprintln!("timing: {}", if cpu_time { "thread CPU time, best of" } else { "wall, best of" });
-        let runs: usize = std::env::var("INT8_TIMING_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        eprintln!(
+            "timing: {}",
+            if cpu_time {
+                "thread CPU time, best of"
+            } else {
+                "wall, best of"
+            }
+        );
+        let runs: usize = std::env::var("INT8_TIMING_RUNS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10);
         let t = std::time::Instant::now();
         let base = typed(&path)?;
-        eprintln!("{path}: int8 parse+typed {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "{path}: int8 parse+typed {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
         let mut fused = base.clone();
         let t = std::time::Instant::now();
         let count = fuse_quantized_matmuls(&mut fused)?;
-        eprintln!("fuse: {count} chains in {:.0} ms (kernel {})", t.elapsed().as_secs_f64() * 1e3, Kernel::default_choice());
+        eprintln!(
+            "fuse: {count} chains in {:.0} ms (kernel {})",
+            t.elapsed().as_secs_f64() * 1e3,
+            Kernel::default_choice()
+        );
         let t = std::time::Instant::now();
         let plan = fused.into_optimized()?.into_runnable()?;
-        eprintln!("fused optimize+plan: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "fused optimize+plan: {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
         let f32path = std::path::Path::new(&path).with_file_name("model.fp32.onnx");
         let f32plan = if f32path.exists() {
-            Some(typed(f32path.to_str().unwrap())?.into_optimized()?.into_runnable()?)
+            Some(
+                typed(f32path.to_str().unwrap())?
+                    .into_optimized()?
+                    .into_runnable()?,
+            )
         } else {
             None
         };
@@ -685,35 +846,53 @@ mod tests {
             None
         };
         for seq in seqs {
-            let time = |p: &Arc<TypedRunnableModel>, n: usize| -> TractResult<(f64, TVec<TValue>)> {
-                let mut best = f64::MAX;
-                let mut out = p.run(inputs(&base, seq)?)?; // warm-up
-                for _ in 0..n {
-                    let i = inputs(&base, seq)?;
-                    let (t, c) = (std::time::Instant::now(), thread_cpu_s());
-                    out = p.run(i)?;
-                    let ms = match (c, thread_cpu_s()) {
-                        (Some(c0), Some(c1)) if cpu_time => (c1 - c0) * 1e3,
-                        _ => t.elapsed().as_secs_f64() * 1e3,
-                    };
-                    best = best.min(ms);
-                }
-                Ok((best, out))
-            };
+            let time =
+                |p: &Arc<TypedRunnableModel>, n: usize| -> TractResult<(f64, TVec<TValue>)> {
+                    let mut best = f64::MAX;
+                    let mut out = p.run(inputs(&base, seq)?)?; // warm-up
+                    for _ in 0..n {
+                        let i = inputs(&base, seq)?;
+                        let (t, c) = (std::time::Instant::now(), thread_cpu_s());
+                        out = p.run(i)?;
+                        let ms = match (c, thread_cpu_s()) {
+                            (Some(c0), Some(c1)) if cpu_time => (c1 - c0) * 1e3,
+                            _ => t.elapsed().as_secs_f64() * 1e3,
+                        };
+                        best = best.min(ms);
+                    }
+                    Ok((best, out))
+                };
             let diff = |a: &TVec<TValue>, b: &TVec<TValue>| -> TractResult<f32> {
-                let a = a[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-                let b = b[0].cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-                Ok(a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max))
+                let a = a[0]
+                    .cast_to::<f32>()?
+                    .try_as_plain_ram()?
+                    .as_slice::<f32>()?
+                    .to_vec();
+                let b = b[0]
+                    .cast_to::<f32>()?
+                    .try_as_plain_ram()?
+                    .as_slice::<f32>()?
+                    .to_vec();
+                Ok(a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max))
             };
             let (tf, yf) = time(&plan, runs)?;
             let mut line = format!("seq {seq}: fused int8 {tf:.2} ms");
             if let Some(p) = &f32plan {
                 let (t32, y32) = time(p, runs)?;
-                line += &format!(", tract f32 {t32:.2} ms, max |fused - f32| {:.3e}", diff(&yf, &y32)?);
+                line += &format!(
+                    ", tract f32 {t32:.2} ms, max |fused - f32| {:.3e}",
+                    diff(&yf, &y32)?
+                );
             }
             if let Some(r) = &reference {
                 let (ti, yi) = time(r, runs.min(3))?;
-                line += &format!(", tract int8 {ti:.2} ms, max |fused - tract int8| {:.3e}", diff(&yf, &yi)?);
+                line += &format!(
+                    ", tract int8 {ti:.2} ms, max |fused - tract int8| {:.3e}",
+                    diff(&yf, &yi)?
+                );
             }
             eprintln!("{line}");
         }

@@ -95,7 +95,10 @@ pub fn sidecar_bytes<'a>(
 /// rename over `path` (processes mapping the old file keep it).
 pub fn write_sidecar(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("sidecar");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("sidecar");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -160,7 +163,11 @@ impl Sidecar {
             );
             index.insert(name, (off, len));
         }
-        Ok(Sidecar { buf, fingerprint, index })
+        Ok(Sidecar {
+            buf,
+            fingerprint,
+            index,
+        })
     }
 
     /// The fingerprint of the model the sidecar was made from.
@@ -179,9 +186,14 @@ impl Sidecar {
     /// The packed weights of `name`, borrowed from the buffer (no copy of the weight bytes).
     pub fn get(&self, name: &str) -> Option<anyhow::Result<PackedWeights>> {
         let &(off, len) = self.index.get(name)?;
-        Some(PackedWeights::from_shared(self.buf.clone(), off).and_then(|w| {
-            anyhow::ensure!(w.as_bytes().len() == len, "sidecar: entry {name} length mismatch");
-            Ok(w)
-        }))
+        Some(
+            PackedWeights::from_shared(self.buf.clone(), off).and_then(|w| {
+                anyhow::ensure!(
+                    w.as_bytes().len() == len,
+                    "sidecar: entry {name} length mismatch"
+                );
+                Ok(w)
+            }),
+        )
     }
 }

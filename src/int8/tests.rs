@@ -510,7 +510,16 @@ fn kernels_agree_with_scalar_on_quantize_and_fused_op() {
         let sw: Vec<f32> = (0..n).map(|_| rng.f32(1e-3, 1e-2)).collect();
         let bias: Vec<f32> = (0..n).map(|_| rng.f32(-1.0, 1.0)).collect();
         let mut want = vec![0f32; m * n];
-        let pw = quantized_matmul_f32(Kernel::Scalar, &x, m, &packed, &sw, Some(&bias), &mut want, 1);
+        let pw = quantized_matmul_f32(
+            Kernel::Scalar,
+            &x,
+            m,
+            &packed,
+            &sw,
+            Some(&bias),
+            &mut want,
+            1,
+        );
         let mut q = vec![0u8; m * k];
         let (mn, mx) = min_max_scalar(&x);
         let p = QuantParams::from_min_max(mn, mx);
@@ -518,12 +527,27 @@ fn kernels_agree_with_scalar_on_quantize_and_fused_op() {
         assert_eq!(p, pw);
         // the scalar fused op is quantize + qgemm_f32
         let mut y2 = vec![0f32; m * n];
-        qgemm_f32(Kernel::Scalar, &q, m, p.zero_point, p.scale, &packed, &sw, Some(&bias), &mut y2, 1);
-        assert!(y2.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        qgemm_f32(
+            Kernel::Scalar,
+            &q,
+            m,
+            p.zero_point,
+            p.scale,
+            &packed,
+            &sw,
+            Some(&bias),
+            &mut y2,
+            1,
+        );
+        assert!(y2
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
         for kernel in kernels() {
             for threads in [1, 2, 5] {
                 let mut y = vec![0f32; m * n];
-                let pk = quantized_matmul_f32(kernel, &x, m, &packed, &sw, Some(&bias), &mut y, threads);
+                let pk =
+                    quantized_matmul_f32(kernel, &x, m, &packed, &sw, Some(&bias), &mut y, threads);
                 assert_eq!(pk, pw);
                 assert!(
                     y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),

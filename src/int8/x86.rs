@@ -19,7 +19,12 @@ const MR: usize = 6;
 /// `R <= MR` rows of the tile (the packed A block always has MR rows per k-quad; a short last
 /// block computes only its real rows).
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn tile_avx2<const R: usize>(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
+pub(crate) unsafe fn tile_avx2<const R: usize>(
+    a: *const u8,
+    w: *const u8,
+    kq: usize,
+    out: *mut i32,
+) {
     let a = a as *const i64;
     let z = _mm256_setzero_si256();
     let mut acc = [[z; 2]; R];
@@ -80,7 +85,10 @@ pub(crate) unsafe fn pack_row_i16_avx2(src: &[u8], dst: &mut [i16], stride: usiz
         _mm_storeh_pd(dp.add((q + 3) * stride) as *mut f64, _mm_castsi128_pd(hi));
         kk += 16;
     }
-    let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+    let s4 = _mm_add_epi32(
+        _mm256_castsi256_si128(sum),
+        _mm256_extracti128_si256::<1>(sum),
+    );
     let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
     let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
     let mut s = _mm_cvtsi128_si32(s1);
@@ -97,7 +105,12 @@ pub(crate) unsafe fn pack_row_i16_avx2(src: &[u8], dst: &mut [i16], stride: usiz
 /// blocks of k-quads), skipping the u8 tensor: `a - za = clamp(round(x / s), -zp, 255 - zp)`,
 /// bit-identical to quantizing then packing. `rowsum[m] = sum_k (a - za)`.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn quantize_pack_a_avx2(x: &[f32], m: usize, k: usize, p: QuantParams) -> PackedA {
+pub(crate) unsafe fn quantize_pack_a_avx2(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    p: QuantParams,
+) -> PackedA {
     assert_eq!(x.len(), m * k);
     let kq = k.div_ceil(4);
     let per_block = kq * MR * 4;
@@ -138,12 +151,16 @@ pub(crate) unsafe fn quantize_pack_a_avx2(x: &[f32], m: usize, k: usize, p: Quan
                 _mm_storeh_pd(dp.add((q + 3) * stride) as *mut f64, _mm_castsi128_pd(h));
                 kk += 16;
             }
-            let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+            let s4 = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256::<1>(sum),
+            );
             let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
             let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
             let mut s = _mm_cvtsi128_si32(s1);
             while kk < k {
-                let a = quantize_one(*sp.add(kk), p.scale, p.zero_point) as i32 - p.zero_point as i32;
+                let a =
+                    quantize_one(*sp.add(kk), p.scale, p.zero_point) as i32 - p.zero_point as i32;
                 *dp.add(kk / 4 * stride + kk % 4) = a as i16;
                 s += a;
                 kk += 1;
@@ -151,7 +168,11 @@ pub(crate) unsafe fn quantize_pack_a_avx2(x: &[f32], m: usize, k: usize, p: Quan
             *rs = s;
         }
     }
-    PackedA { buf: ABuf::I16(buf), rowsum, block_bytes: per_block * 2 }
+    PackedA {
+        buf: ABuf::I16(buf),
+        rowsum,
+        block_bytes: per_block * 2,
+    }
 }
 
 #[target_feature(enable = "avx2")]
