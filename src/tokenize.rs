@@ -25,7 +25,6 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     pub cls_id: i64,
     pub sep_id: i64,
-    pub pad_id: i64,
 }
 
 /// Special-token names and casing from `tokenizer_config.json`, with BERT defaults.
@@ -35,8 +34,6 @@ struct TokenizerConfig {
     cls_token: String,
     #[serde(default = "default_sep")]
     sep_token: String,
-    #[serde(default = "default_pad")]
-    pad_token: String,
     #[serde(default = "default_unk")]
     unk_token: String,
     #[serde(default = "default_true")]
@@ -48,9 +45,6 @@ fn default_cls() -> String {
 }
 fn default_sep() -> String {
     "[SEP]".into()
-}
-fn default_pad() -> String {
-    "[PAD]".into()
 }
 fn default_unk() -> String {
     "[UNK]".into()
@@ -93,7 +87,6 @@ impl TextTokenizer {
         Ok(TextTokenizer {
             cls_id: id_of(&config.cls_token)?,
             sep_id: id_of(&config.sep_token)?,
-            pad_id: id_of(&config.pad_token).unwrap_or(0),
             inner,
         })
     }
@@ -114,13 +107,6 @@ impl TextTokenizer {
                 end,
             })
             .collect())
-    }
-
-    /// The vocabulary entry of an id, for diagnostics.
-    pub fn id_to_token(&self, id: i64) -> Option<String> {
-        u32::try_from(id)
-            .ok()
-            .and_then(|id| self.inner.id_to_token(id))
     }
 }
 
@@ -162,7 +148,7 @@ mod tests {
     fn vocab_fallback_ids_and_char_offsets() {
         let dir = vocab_dir();
         let tok = TextTokenizer::load(dir.path()).unwrap();
-        assert_eq!((tok.cls_id, tok.sep_id, tok.pad_id), (2, 3, 0));
+        assert_eq!((tok.cls_id, tok.sep_id), (2, 3));
         // 😀 is one character (4 UTF-8 bytes) and unknown; ＡＢ is full-width, lowercased.
         let tokens = tok.encode("我爱😀北京ＡＢ Hello！").unwrap();
         let got: Vec<(i64, usize, usize)> = tokens.iter().map(|t| (t.id, t.start, t.end)).collect();
