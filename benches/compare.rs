@@ -117,18 +117,7 @@ fn mapped_rss(path: Option<&Path>) -> u64 {
 
 /// CPU time of the whole process, seconds.
 fn process_cpu_s() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // CLOCK_PROCESS_CPUTIME_ID = 2
-    unsafe { clock_gettime(2, &mut ts) };
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
+    electra_edge::cputime::process_s().unwrap_or(0.0)
 }
 
 fn ids(seq: usize) -> Vec<i64> {

@@ -28,29 +28,6 @@ impl XorShift {
     }
 }
 
-#[cfg(target_os = "linux")]
-mod cputime {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    /// CPU time of the calling thread (Linux `CLOCK_THREAD_CPUTIME_ID`), in seconds.
-    pub fn thread() -> Option<f64> {
-        let mut ts = Timespec { sec: 0, nsec: 0 };
-        (unsafe { clock_gettime(3, &mut ts) } == 0).then(|| ts.sec as f64 + ts.nsec as f64 * 1e-9)
-    }
-}
-#[cfg(not(target_os = "linux"))]
-mod cputime {
-    pub fn thread() -> Option<f64> {
-        None
-    }
-}
-
 /// Best (minimum) seconds per call over calls until `budget` is spent (at least 5 calls): the
 /// host is shared, the minimum is the most stable statistic. With `cpu`, the calling thread's
 /// CPU time rather than wall time (not counting time the thread was descheduled: only
@@ -59,7 +36,13 @@ fn time(budget: Duration, cpu: bool, mut f: impl FnMut()) -> f64 {
     f();
     let mut samples = Vec::new();
     let start = Instant::now();
-    let clock = || if cpu { cputime::thread() } else { None };
+    let clock = || {
+        if cpu {
+            electra_edge::cputime::thread_s()
+        } else {
+            None
+        }
+    };
     while samples.len() < 5 || (start.elapsed() < budget && samples.len() < 10_000) {
         let (t, c) = (Instant::now(), clock());
         f();

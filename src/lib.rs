@@ -17,10 +17,12 @@
 //! - [`run`]: the stdin/stdout loop behind `electra-edge run`.
 //! - [`int8`]: our fused quantized matmul and its kernels (the fast int8 path).
 //! - [`server`]: the Unix socket service behind `electra-edge serve`.
+//! - [`cputime`]: thread and process CPU clocks for benchmarks and timing tests.
 //! - [`systemd`]: sd_notify, socket activation and watchdog, without libsystemd.
 
 pub mod cli;
 pub mod config;
+pub mod cputime;
 pub mod engine;
 pub mod int8;
 pub mod model;

@@ -762,24 +762,6 @@ mod tests {
         Ok(())
     }
 
-    /// CPU time of the calling thread (Linux `CLOCK_THREAD_CPUTIME_ID`), in seconds.
-    fn thread_cpu_s() -> Option<f64> {
-        #[repr(C)]
-        struct Timespec {
-            sec: i64,
-            nsec: i64,
-        }
-        extern "C" {
-            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-        }
-        if !cfg!(target_os = "linux") {
-            return None;
-        }
-        let mut ts = Timespec { sec: 0, nsec: 0 };
-        let ok = unsafe { clock_gettime(3, &mut ts) } == 0;
-        ok.then_some(ts.sec as f64 + ts.nsec as f64 * 1e-9)
-    }
-
     /// Timing (ignored: slow, prints numbers), one thread, best of `INT8_TIMING_RUNS` (10):
     /// `cargo test --release --lib int8::op::tests::model_timing -- --ignored --nocapture`.
     /// `INT8_TIMING_MODEL` (default: the small fixture's discriminator; its `model.fp32.onnx`
@@ -852,9 +834,9 @@ mod tests {
                     let mut out = p.run(inputs(&base, seq)?)?; // warm-up
                     for _ in 0..n {
                         let i = inputs(&base, seq)?;
-                        let (t, c) = (std::time::Instant::now(), thread_cpu_s());
+                        let (t, c) = (std::time::Instant::now(), crate::cputime::thread_s());
                         out = p.run(i)?;
-                        let ms = match (c, thread_cpu_s()) {
+                        let ms = match (c, crate::cputime::thread_s()) {
                             (Some(c0), Some(c1)) if cpu_time => (c1 - c0) * 1e3,
                             _ => t.elapsed().as_secs_f64() * 1e3,
                         };
