@@ -880,8 +880,7 @@ pub fn serve_with_budget(
             })
             .context("cannot start a thread")?
     };
-    let _ = systemd::ready();
-    let _ = systemd::status(&format!(
+    let _ = systemd::ready_with_status(&format!(
         "serving {} ({}), {}",
         server.engine.dir.display(),
         server.engine.task.name(),

@@ -136,6 +136,12 @@ pub fn status(msg: &str) -> io::Result<bool> {
     notify(&status_line(msg))
 }
 
+/// `READY=1` and `STATUS=msg` in one datagram, so no other notification (a watchdog ping
+/// from another thread) can land between them: a listener sees the status with readiness.
+pub fn ready_with_status(msg: &str) -> io::Result<bool> {
+    notify(&format!("READY=1\n{}", status_line(msg)))
+}
+
 /// `STOPPING=1`: shutdown has begun.
 pub fn stopping() -> io::Result<bool> {
     notify("STOPPING=1")

@@ -80,6 +80,7 @@ fn notify_messages_reach_a_path_socket() {
     assert!(systemd::extend_timeout(Duration::from_secs(5)).unwrap());
     assert!(systemd::stopping().unwrap());
     assert!(systemd::notify("STATUS=a\nERRNO=0").unwrap());
+    assert!(systemd::ready_with_status("serving\nnow").unwrap());
     std::env::remove_var("NOTIFY_SOCKET");
 
     assert_eq!(recv(&rx), "STATUS=loading model");
@@ -89,6 +90,7 @@ fn notify_messages_reach_a_path_socket() {
     assert_eq!(recv(&rx), "EXTEND_TIMEOUT_USEC=5000000");
     assert_eq!(recv(&rx), "STOPPING=1");
     assert_eq!(recv(&rx), "STATUS=a\nERRNO=0");
+    assert_eq!(recv(&rx), "READY=1\nSTATUS=serving now");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -641,6 +643,13 @@ fn serve_under_a_stand_in_for_systemd() {
     assert!(
         seen.iter().any(|m| m.starts_with("STATUS=")),
         "STATUS before READY: {seen:?}"
+    );
+    // Readiness and the serving status travel in one datagram: a watchdog ping from the timer
+    // thread cannot slip between them (it once did, and the STATUS line then arrived late).
+    let ready = seen.last().unwrap();
+    assert!(
+        ready.lines().any(|l| l.starts_with("STATUS=serving ")),
+        "READY=1 without the serving status: {ready:?}"
     );
 
     // The request, on the socket passed in.
