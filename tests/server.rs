@@ -407,7 +407,8 @@ fn connections_over_the_cap_get_busy_then_close() {
         if d.recv().is_some_and(|answer| answer.get("pong").is_some()) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5));
+        // Generous: on a loaded CI host the old connection's threads may end late.
+        assert!(started.elapsed() < Duration::from_secs(30), "slot never freed");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(b.ask(r#"{"cmd":"ping"}"#)["pong"], true);
@@ -446,7 +447,7 @@ fn idle_connections_are_closed() {
     assert!(c.recv().is_none());
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(30),
         "{waited:?}"
     );
     assert_eq!(server.stats()["idle_closed"], 1);
