@@ -408,7 +408,10 @@ fn connections_over_the_cap_get_busy_then_close() {
             break;
         }
         // Generous: on a loaded CI host the old connection's threads may end late.
-        assert!(started.elapsed() < Duration::from_secs(30), "slot never freed");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "slot never freed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(b.ask(r#"{"cmd":"ping"}"#)["pong"], true);
