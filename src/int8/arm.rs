@@ -14,7 +14,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::gemm::{drive, Job};
-use super::quantize::{quantize_one, QuantParams};
+use super::quantize::{min_max_scalar, quantize_one, QuantParams};
 
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn tile_neon(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
@@ -120,16 +120,9 @@ pub(crate) unsafe fn min_max_neon(x: &[f32]) -> (f32, f32) {
     }
     let l = vminnmq_f32(vminnmq_f32(lo[0], lo[1]), vminnmq_f32(lo[2], lo[3]));
     let h = vmaxnmq_f32(vmaxnmq_f32(hi[0], hi[1]), vmaxnmq_f32(hi[2], hi[3]));
-    let (mut l, mut h) = (vminnmvq_f32(l), vmaxnmvq_f32(h));
-    for &v in rest {
-        if v < l {
-            l = v;
-        }
-        if v > h {
-            h = v;
-        }
-    }
-    (l, h)
+    let (l, h) = (vminnmvq_f32(l), vmaxnmvq_f32(h));
+    let (rl, rh) = min_max_scalar(rest);
+    (l.min(rl), h.max(rh))
 }
 
 /// `q = saturate(round_half_even(x / scale) + zp)`, NaN -> zp; `scale > 0`.

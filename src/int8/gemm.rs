@@ -404,31 +404,33 @@ pub fn qgemm_f32(
     threads: usize,
 ) {
     check_a(a, m, w);
-    let n = w.n();
-    assert_eq!(
-        y.len(),
-        m * n,
-        "qgemm_f32: Y has {} elements, not M*N",
-        y.len()
-    );
-    assert!(
-        sw.len() == 1 || sw.len() == n,
-        "qgemm_f32: {} weight scales for N = {n}",
-        sw.len()
-    );
-    if let Some(b) = bias {
-        assert_eq!(
-            b.len(),
-            n,
-            "qgemm_f32: bias has {} values for N = {n}",
-            b.len()
-        );
-    }
+    check_f32_epilogue("qgemm_f32", m, w, sw, bias, y);
     if m == 0 {
         return;
     }
     let (kernel, pa, colterm) = prepare(kernel, a, m, za, w);
     run_f32(kernel, &pa, &colterm, m, sa, w, sw, bias, y, threads);
+}
+
+/// Shapes of the f32 epilogue's operands: `y` `[M, N]`, 1 or N weight scales, N bias values.
+fn check_f32_epilogue(
+    who: &str,
+    m: usize,
+    w: &PackedWeights,
+    sw: &[f32],
+    bias: Option<&[f32]>,
+    y: &[f32],
+) {
+    let n = w.n();
+    assert_eq!(y.len(), m * n, "{who}: Y has {} elements, not M*N", y.len());
+    assert!(
+        sw.len() == 1 || sw.len() == n,
+        "{who}: {} weight scales for N = {n}",
+        sw.len()
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "{who}: bias has {} values for N = {n}", b.len());
+    }
 }
 
 /// The f32 GEMM over packed activations (shapes already checked).
@@ -499,22 +501,7 @@ pub fn quantized_matmul_f32(
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx2 && m > 0 {
         // quantize straight into the packed layout: a - za = clamp(round(x / s), -zp, 255 - zp)
-        let check_n = w.n();
-        assert_eq!(
-            y.len(),
-            m * check_n,
-            "quantized_matmul_f32: Y has {} elements, not M*N",
-            y.len()
-        );
-        assert!(
-            sw.len() == 1 || sw.len() == check_n,
-            "quantized_matmul_f32: {} weight scales",
-            sw.len()
-        );
-        assert!(
-            bias.is_none_or(|b| b.len() == check_n),
-            "quantized_matmul_f32: bias length"
-        );
+        check_f32_epilogue("quantized_matmul_f32", m, w, sw, bias, y);
         let (lo, hi) = quantize::min_max(kernel, x);
         let p = QuantParams::from_min_max(lo, hi);
         let pa = unsafe { super::x86::quantize_pack_a_avx2(x, m, w.k(), p) };

@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::gemm::{drive, ABuf, Job, PackedA};
-use super::quantize::{quantize_one, QuantParams};
+use super::quantize::{min_max_scalar, quantize_one, QuantParams};
 
 const MR: usize = 6;
 
@@ -76,22 +76,10 @@ pub(crate) unsafe fn pack_row_i16_avx2(src: &[u8], dst: &mut [i16], stride: usiz
     while kk + 16 <= k {
         let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(sp.add(kk) as *const __m128i));
         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(v, ones));
-        let d = _mm256_sub_epi16(v, vza);
-        let (lo, hi) = (_mm256_castsi256_si128(d), _mm256_extracti128_si256::<1>(d));
-        let q = kk / 4;
-        _mm_storel_epi64(dp.add(q * stride) as *mut __m128i, lo);
-        _mm_storeh_pd(dp.add((q + 1) * stride) as *mut f64, _mm_castsi128_pd(lo));
-        _mm_storel_epi64(dp.add((q + 2) * stride) as *mut __m128i, hi);
-        _mm_storeh_pd(dp.add((q + 3) * stride) as *mut f64, _mm_castsi128_pd(hi));
+        store_quads(dp.add(kk / 4 * stride), stride, _mm256_sub_epi16(v, vza));
         kk += 16;
     }
-    let s4 = _mm_add_epi32(
-        _mm256_castsi256_si128(sum),
-        _mm256_extracti128_si256::<1>(sum),
-    );
-    let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
-    let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
-    let mut s = _mm_cvtsi128_si32(s1);
+    let mut s = hsum_epi32(sum);
     while kk < k {
         let x = *sp.add(kk);
         s += x as i32;
@@ -99,6 +87,28 @@ pub(crate) unsafe fn pack_row_i16_avx2(src: &[u8], dst: &mut [i16], stride: usiz
         kk += 1;
     }
     s
+}
+
+/// 16 i16 values (4 k-quads of one row) into the packed-A layout: quad `i` goes to
+/// `dst + i * stride`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_quads(dst: *mut i16, stride: usize, v: __m256i) {
+    let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    _mm_storel_epi64(dst as *mut __m128i, lo);
+    _mm_storeh_pd(dst.add(stride) as *mut f64, _mm_castsi128_pd(lo));
+    _mm_storel_epi64(dst.add(2 * stride) as *mut __m128i, hi);
+    _mm_storeh_pd(dst.add(3 * stride) as *mut f64, _mm_castsi128_pd(hi));
+}
+
+/// Sum of the 8 i32 lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+    let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
+    _mm_cvtsi128_si32(s1)
 }
 
 /// DynamicQuantizeLinear straight into the AVX2 packed-A layout (i16 `a - za`, MR-row
@@ -143,21 +153,10 @@ pub(crate) unsafe fn quantize_pack_a_avx2(
                 sum = _mm256_add_epi32(sum, _mm256_add_epi32(v0, v1));
                 // [v0 0-3, v1 0-3 | v0 4-7, v1 4-7] -> [v0 0-7, v1 0-7]
                 let d = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(v0, v1));
-                let (l, h) = (_mm256_castsi256_si128(d), _mm256_extracti128_si256::<1>(d));
-                let q = kk / 4;
-                _mm_storel_epi64(dp.add(q * stride) as *mut __m128i, l);
-                _mm_storeh_pd(dp.add((q + 1) * stride) as *mut f64, _mm_castsi128_pd(l));
-                _mm_storel_epi64(dp.add((q + 2) * stride) as *mut __m128i, h);
-                _mm_storeh_pd(dp.add((q + 3) * stride) as *mut f64, _mm_castsi128_pd(h));
+                store_quads(dp.add(kk / 4 * stride), stride, d);
                 kk += 16;
             }
-            let s4 = _mm_add_epi32(
-                _mm256_castsi256_si128(sum),
-                _mm256_extracti128_si256::<1>(sum),
-            );
-            let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
-            let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
-            let mut s = _mm_cvtsi128_si32(s1);
+            let mut s = hsum_epi32(sum);
             while kk < k {
                 let a =
                     quantize_one(*sp.add(kk), p.scale, p.zero_point) as i32 - p.zero_point as i32;
@@ -208,16 +207,9 @@ pub(crate) unsafe fn min_max_avx2(x: &[f32]) -> (f32, f32) {
     }
     let l = _mm256_min_ps(_mm256_min_ps(lo[0], lo[1]), _mm256_min_ps(lo[2], lo[3]));
     let h = _mm256_max_ps(_mm256_max_ps(hi[0], hi[1]), _mm256_max_ps(hi[2], hi[3]));
-    let (mut l, mut h) = (hmin(l), hmax(h));
-    for &v in rest {
-        if v < l {
-            l = v;
-        }
-        if v > h {
-            h = v;
-        }
-    }
-    (l, h)
+    let (l, h) = (hmin(l), hmax(h));
+    let (rl, rh) = min_max_scalar(rest);
+    (l.min(rl), h.max(rh))
 }
 
 /// `q = saturate(round_half_even(x / scale) + zp)`, NaN -> zp; `scale > 0`.
