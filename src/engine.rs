@@ -192,8 +192,18 @@ impl Engine {
 
     /// The answer body for `text` (without `id`).
     pub fn answer(&self, text: &str, options: &RequestOptions) -> Result<Map<String, Value>> {
+        self.answer_from(text, &self.forward(text)?, options)
+    }
+
+    /// The answer body for `text` from its model run `forward` ([`Engine::forward`] of the same
+    /// text): one run can serve several option sets (the self-check's two poolings).
+    pub fn answer_from(
+        &self,
+        text: &str,
+        forward: &Forward,
+        options: &RequestOptions,
+    ) -> Result<Map<String, Value>> {
         let d = &self.options.defaults;
-        let forward = self.forward(text)?;
         let mut body = Map::new();
         body.insert("task".into(), self.task.name().into());
         let raw = options.raw.unwrap_or(d.raw);

@@ -171,16 +171,22 @@ pub fn raw_output(engine: &Engine, text: &str) -> Result<(Vec<i64>, Vec<f32>)> {
         pooling,
         ..Default::default()
     };
-    let answer = engine.answer(text, &options(None))?;
+    // One model run; an encoder's two poolings are both taken from it.
+    let forward = engine.forward(text)?;
+    let first = if engine.task == Task::Embed {
+        Some(Pooling::Cls)
+    } else {
+        None
+    };
+    let answer = engine.answer_from(text, &forward, &options(first))?;
     let ids = answer["input_ids"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_i64).collect())
         .unwrap_or_default();
     let values = if engine.task == Task::Embed {
-        let mut v = flatten(&engine.answer(text, &options(Some(Pooling::Cls)))?["embedding"]);
-        v.extend(flatten(
-            &engine.answer(text, &options(Some(Pooling::Mean)))?["embedding"],
-        ));
+        let mut v = flatten(&answer["embedding"]);
+        let mean = engine.answer_from(text, &forward, &options(Some(Pooling::Mean)))?;
+        v.extend(flatten(&mean["embedding"]));
         v
     } else {
         flatten(&answer["logits"])
