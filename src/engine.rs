@@ -296,15 +296,15 @@ impl Engine {
         Ok(body)
     }
 
-    /// The response line for one parsed request. Model failures become `internal` errors.
-    pub fn respond(&self, request: &Request) -> String {
-        match self.answer(&request.text, &request.options) {
-            Ok(body) => response_line(request.id.as_ref(), body),
-            Err(e) => {
+    /// The response line for one parsed request; a model failure is logged and becomes an
+    /// `internal` error reply (returned as such, so that a server can count it).
+    pub fn respond(&self, request: &Request) -> Result<String, ErrorReply> {
+        self.answer(&request.text, &request.options)
+            .map(|body| response_line(request.id.as_ref(), body))
+            .map_err(|e| {
                 log::error!("request failed: {e:#}");
-                ErrorReply::new(request.id.clone(), ErrorCode::Internal, format!("{e:#}")).to_line()
-            }
-        }
+                ErrorReply::new(request.id.clone(), ErrorCode::Internal, format!("{e:#}"))
+            })
     }
 
     /// Text tokens one window holds (the window minus `[CLS]` and `[SEP]`).

@@ -60,6 +60,17 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (`code as usize` is its index here).
+    pub const ALL: [ErrorCode; 7] = [
+        ErrorCode::InvalidUtf8,
+        ErrorCode::BadJson,
+        ErrorCode::BadRequest,
+        ErrorCode::EmptyText,
+        ErrorCode::TooLarge,
+        ErrorCode::Busy,
+        ErrorCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidUtf8 => "invalid_utf8",
@@ -107,6 +118,22 @@ pub fn response_line(id: Option<&Value>, body: Map<String, Value>) -> String {
     }
     out.extend(body);
     Value::Object(out).to_string()
+}
+
+/// The reply to a request line longer than `max_bytes` (it was not kept, so it has no `id`).
+pub fn line_too_long(bytes: usize, max_bytes: usize) -> ErrorReply {
+    ErrorReply::new(
+        None,
+        ErrorCode::TooLarge,
+        format!("request line of {bytes} bytes is longer than {max_bytes}"),
+    )
+}
+
+/// The body of the answer to `{"cmd":"ping"}`.
+pub fn pong_body() -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("pong".into(), true.into());
+    body
 }
 
 /// Limits checked while parsing.

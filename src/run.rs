@@ -32,22 +32,15 @@ fn serve_lines_inner(
     let mut buf = Vec::new();
     while let Some(read) = protocol::read_bounded_line(&mut input, &mut buf, max_bytes)? {
         let line = match read {
-            BoundedLine::TooLong { bytes } => ErrorReply::new(
-                None,
-                ErrorCode::TooLarge,
-                format!("request line of {bytes} bytes is longer than {max_bytes}"),
-            )
-            .to_line(),
+            BoundedLine::TooLong { bytes } => protocol::line_too_long(bytes, max_bytes).to_line(),
             BoundedLine::Line => match protocol::parse_line(&buf, &limits) {
-                Ok(Line::Infer(request)) => engine.respond(&request),
+                Ok(Line::Infer(request)) => {
+                    engine.respond(&request).unwrap_or_else(|e| e.to_line())
+                }
                 Ok(Line::Command {
                     id,
                     cmd: Command::Ping,
-                }) => {
-                    let mut body = serde_json::Map::new();
-                    body.insert("pong".into(), true.into());
-                    protocol::response_line(id.as_ref(), body)
-                }
+                }) => protocol::response_line(id.as_ref(), protocol::pong_body()),
                 Ok(Line::Command {
                     id,
                     cmd: Command::Stats,

@@ -56,24 +56,6 @@ const _: () = {
     shared::<Engine>();
 };
 
-/// Error codes in a fixed order, for the per-code counters.
-const CODES: [ErrorCode; 7] = [
-    ErrorCode::InvalidUtf8,
-    ErrorCode::BadJson,
-    ErrorCode::BadRequest,
-    ErrorCode::EmptyText,
-    ErrorCode::TooLarge,
-    ErrorCode::Busy,
-    ErrorCode::Internal,
-];
-
-fn code_index(code: ErrorCode) -> usize {
-    CODES
-        .iter()
-        .position(|c| *c == code)
-        .unwrap_or(CODES.len() - 1)
-}
-
 /// Default limits of `serve` (see `docs/serve.md`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 pub const DEFAULT_MAX_QUEUE: usize = 64;
@@ -230,11 +212,7 @@ pub struct Budget {
 impl Budget {
     /// Runs one full window through `engine` and computes the budget for `config`.
     pub fn measure(engine: &Engine, config: &ServerConfig) -> Result<Budget> {
-        let window = engine
-            .options
-            .window_tokens
-            .unwrap_or(engine.config.max_position_embeddings);
-        let chars = window.saturating_sub(2).max(1);
+        let chars = engine.window_capacity();
         let text: String = "我爱北京天安门，今天天气很好。"
             .chars()
             .cycle()
@@ -251,13 +229,7 @@ impl Budget {
             .context("full-window warm-up failed")?;
         let answer_len = response_line(Some(&json!(u64::MAX)), body).len() as u64;
         let (_, hwm) = rss();
-        let model_file = engine
-            .options
-            .onnx_file
-            .clone()
-            .unwrap_or_else(|| engine.dir.join("model.onnx"))
-            .metadata()
-            .map_or(0, |m| m.len());
+        let model_file = engine.model.path.metadata().map_or(0, |m| m.len());
         let max_chars = engine.options.max_chars as u64;
         let max_response = (answer_len * max_chars)
             .div_ceil(chars as u64)
@@ -617,7 +589,8 @@ struct Stats {
     requests: AtomicU64,
     inferences: AtomicU64,
     answered: AtomicU64,
-    errors: [AtomicU64; 7],
+    /// Per error code, indexed by `code as usize` (the order of [`ErrorCode::ALL`]).
+    errors: [AtomicU64; ErrorCode::ALL.len()],
     connections: AtomicUsize,
     connections_total: AtomicU64,
     rejected: AtomicU64,
@@ -652,15 +625,18 @@ impl Stats {
     }
 
     fn error(&self, code: ErrorCode) {
-        self.errors[code_index(code)].fetch_add(1, Ordering::Relaxed);
+        self.errors[code as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn errors_json(&self) -> Map<String, Value> {
-        CODES
+        ErrorCode::ALL
             .iter()
-            .map(|c| {
-                let n = self.errors[code_index(*c)].load(Ordering::Relaxed);
-                (c.as_str().to_string(), Value::from(n))
+            .zip(&self.errors)
+            .map(|(c, n)| {
+                (
+                    c.as_str().to_string(),
+                    Value::from(n.load(Ordering::Relaxed)),
+                )
             })
             .collect()
     }
@@ -1117,23 +1093,14 @@ fn read_loop(
         };
         server.stats.requests.fetch_add(1, Ordering::Relaxed);
         let immediate = match read {
-            BoundedLine::TooLong { bytes } => Some(ErrorReply::new(
-                None,
-                ErrorCode::TooLarge,
-                format!(
-                    "request line of {bytes} bytes is longer than {}",
-                    c.max_line_bytes
-                ),
-            )),
+            BoundedLine::TooLong { bytes } => {
+                Some(protocol::line_too_long(bytes, c.max_line_bytes))
+            }
             BoundedLine::Line => match parse(server, &mut buf, &limits) {
                 Err(reply) => Some(reply),
                 Ok(Line::Command { id, cmd }) => {
                     let body = match cmd {
-                        Command::Ping => {
-                            let mut body = Map::new();
-                            body.insert("pong".into(), true.into());
-                            body
-                        }
+                        Command::Ping => protocol::pong_body(),
                         Command::Stats => server.stats_body(),
                     };
                     if reply.send((seq, response_line(id.as_ref(), body))).is_err() {
@@ -1196,14 +1163,11 @@ fn write_loop(
 ) {
     let mut next = 0u64;
     let mut pending: BTreeMap<u64, String> = BTreeMap::new();
-    let mut out = Vec::new();
     'outer: while let Ok((seq, line)) = replies.recv() {
         pending.insert(seq, line);
         while let Some(line) = pending.remove(&next) {
-            out.clear();
-            out.extend_from_slice(line.as_bytes());
+            let mut out = line.into_bytes();
             out.push(b'\n');
-            drop(line);
             if let Err(e) = stream.write_all(&out) {
                 if matches!(
                     e.kind(),
@@ -1222,9 +1186,6 @@ fn write_loop(
             conn.touch();
             next += 1;
             conn.release();
-        }
-        if out.capacity() > 64 * 1024 {
-            out = Vec::new();
         }
     }
     conn.close();
@@ -1256,28 +1217,19 @@ fn worker(server: &Server, jobs: &Mutex<Receiver<Job>>, watchdog: &systemd::Watc
         let request = &job.request;
         let line = {
             let _busy = watchdog.busy();
-            let answer = catch_unwind(AssertUnwindSafe(|| {
-                server.engine.answer(&request.text, &request.options)
-            }));
-            match answer {
-                Ok(Ok(body)) => response_line(request.id.as_ref(), body),
-                Ok(Err(e)) => {
-                    log::error!("request failed: {e:#}");
-                    server.stats.error(ErrorCode::Internal);
-                    ErrorReply::new(request.id.clone(), ErrorCode::Internal, format!("{e:#}"))
-                        .to_line()
-                }
-                Err(_) => {
+            catch_unwind(AssertUnwindSafe(|| server.engine.respond(request)))
+                .unwrap_or_else(|_| {
                     log::error!("request panicked");
-                    server.stats.error(ErrorCode::Internal);
-                    ErrorReply::new(
+                    Err(ErrorReply::new(
                         request.id.clone(),
                         ErrorCode::Internal,
                         "inference panicked",
-                    )
-                    .to_line()
-                }
-            }
+                    ))
+                })
+                .unwrap_or_else(|e| {
+                    server.stats.error(e.code);
+                    e.to_line()
+                })
         };
         server.stats.inferences.fetch_add(1, Ordering::Relaxed);
         let us = job.queued.elapsed().as_micros().min(u32::MAX as u128) as u32;
