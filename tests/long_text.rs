@@ -44,11 +44,18 @@ fn discriminator_windows_stitch_to_one_score_per_character() {
 
     let plan = WindowPlan::new(chars.len(), 8, 3);
     assert!(plan.windows.len() > 3);
+    // Each window's text run alone, once.
+    let alone: Vec<Vec<f32>> = plan
+        .windows
+        .iter()
+        .map(|range| {
+            let window_text: String = chars[range.clone()].iter().collect();
+            flatten(&whole.answer(&window_text, &raw()).unwrap()["logits"])
+        })
+        .collect();
     for i in 0..chars.len() {
-        let range = plan.windows[plan.owner[i]].clone();
-        let window_text: String = chars[range.clone()].iter().collect();
-        let alone = flatten(&whole.answer(&window_text, &raw()).unwrap()["logits"]);
-        let expected = alone[1 + i - range.start];
+        let w = plan.owner[i];
+        let expected = alone[w][1 + i - plan.windows[w].start];
         assert!(
             (logits[1 + i] - expected).abs() < 1e-6,
             "char {i}: stitched {} vs its window alone {expected}",

@@ -7,11 +7,11 @@ mod common;
 
 use common::{fixtures, read_jsonl};
 use electra_edge::engine::{Engine, EngineOptions};
-use electra_edge::selfcheck::{flatten, max_abs_diff, raw_output};
+// EPSILON: absolute slack on top of 2x onnxruntime's own int8 error (the references are rounded
+// to 6 decimals, and a sentence's int8 error can be tiny by chance); the start-up self-check
+// uses the same rule.
+use electra_edge::selfcheck::{flatten, max_abs_diff, raw_output, EPSILON};
 
-/// Absolute slack on top of 2x onnxruntime's own int8 error (the references are rounded to 6
-/// decimals, and a sentence's int8 error can be tiny by chance).
-const INT8_EPS: f32 = 2e-3;
 const FP32_TOL: f32 = 1e-4;
 
 enum Precision {
@@ -67,7 +67,7 @@ fn check_head(size: &str, head: &str, precision: Precision) {
         let bound = match precision {
             Precision::Int8 => {
                 let ort_err = max_abs_diff(&flatten(&reference["ort_int8"]), &fp32);
-                2.0 * ort_err + INT8_EPS
+                2.0 * ort_err + EPSILON
             }
             Precision::Fp32 => FP32_TOL,
         };

@@ -1022,7 +1022,7 @@ fn json_bombs_are_parsed_within_budget() {
     let budget = stats.ask(r#"{"cmd":"stats"}"#)["stats"]["budget"]["total"]
         .as_u64()
         .unwrap();
-    let max_line = 4 * 2000 + 64 * 1024;
+    let max_line = electra_edge::run::max_line_bytes(2000);
     let bomb = |prefix: &str, suffix: &str| {
         let mut line = prefix.to_string();
         while line.len() + 4 + suffix.len() < max_line - 64 {
