@@ -100,8 +100,6 @@ pub struct WeightsInfo {
     pub mapped: usize,
     /// The sidecar in use, if any.
     pub sidecar: Option<PathBuf>,
-    /// Bytes of packed weights (mapped or on the heap).
-    pub packed_bytes: usize,
 }
 
 /// Which model input a graph input is, matched by name.
@@ -625,10 +623,6 @@ impl Model {
                 }
                 lap("cache");
             }
-            info.packed_bytes = crate::int8::packed_weights_of(&typed)
-                .iter()
-                .map(|(_, w)| w.as_bytes().len())
-                .sum();
             log::debug!(
                 "{}: {} quantized matmuls fused, {} with mapped weights{}",
                 path.display(),

@@ -217,7 +217,7 @@ pub fn fuse_quantized_matmuls_from(
         report.from_sidecar += mapped.is_some() as usize;
         let weights = match mapped {
             Some(w) => w,
-            None => pack_weights(&chain.w_bytes()?, chain.signed, chain.k, chain.n, &chain.zp),
+            None => pack_weights(chain.w_bytes()?, chain.signed, chain.k, chain.n, &chain.zp),
         };
         let op = QMatMul {
             weights,
@@ -269,8 +269,9 @@ struct Chain {
 }
 
 impl Chain {
-    fn w_bytes(&self) -> TractResult<Vec<u8>> {
-        tensor_bytes(&self.w, self.signed)
+    /// The weight bytes as stored (i8 or u8, row-major `[K, N]`), borrowed from the tensor.
+    fn w_bytes(&self) -> TractResult<&[u8]> {
+        Ok(self.w.try_as_plain_ram()?.as_bytes())
     }
 
     /// Whether packed weights (from a sidecar) are this chain's: shape, signedness, zero
@@ -293,14 +294,8 @@ impl Chain {
             };
             w.zero_points()[j] == conv(z)
         });
-        // the source byte of w[kk, col], without copying the tensor
-        let raw = |i: usize| -> Option<u8> {
-            let r = self.w.try_as_plain_ram().ok()?;
-            Some(if self.signed {
-                r.as_slice::<i8>().ok()?[i] as u8
-            } else {
-                r.as_slice::<u8>().ok()?[i]
-            })
+        let Ok(raw) = self.w_bytes() else {
+            return false;
         };
         let data = w.data();
         let panels = [0, w.panels() - 1];
@@ -311,27 +306,15 @@ impl Chain {
                     (0..4.min(self.k)).all(|kk| {
                         let packed = data[p * w.kq() * 32 + j * 4 + kk] as i8 as i32;
                         let want = if col < self.n {
-                            raw(kk * self.n + col).map(conv)
+                            conv(raw[kk * self.n + col])
                         } else {
-                            Some(0)
+                            0
                         };
-                        Some(packed) == want
+                        packed == want
                     })
                 })
             })
     }
-}
-
-fn tensor_bytes(t: &Tensor, signed: bool) -> TractResult<Vec<u8>> {
-    Ok(if signed {
-        t.try_as_plain_ram()?
-            .as_slice::<i8>()?
-            .iter()
-            .map(|&v| v as u8)
-            .collect()
-    } else {
-        t.try_as_plain_ram()?.as_slice::<u8>()?.to_vec()
-    })
 }
 
 /// Follows pure shape changes (AddAxis, RmAxis, Reshape: row-major order unchanged) upwards.
@@ -514,7 +497,8 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
             }
         }
     }
-    let zp = tensor_bytes(&wzp, signed)?;
+    // i8 or u8 as stored, like the weights
+    let zp = wzp.try_as_plain_ram()?.as_bytes().to_vec();
     Ok(Some(Chain {
         x,
         last,
