@@ -497,31 +497,30 @@ pub fn quantized_matmul_f32(
         "quantized_matmul_f32: X has {} elements, not M*K",
         x.len()
     );
+    check_f32_epilogue("quantized_matmul_f32", m, w, sw, bias, y);
     let kernel = Kernel::resolve(Some(kernel));
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx2 && m > 0 {
-        // quantize straight into the packed layout: a - za = clamp(round(x / s), -zp, 255 - zp)
-        check_f32_epilogue("quantized_matmul_f32", m, w, sw, bias, y);
-        let (lo, hi) = quantize::min_max(kernel, x);
-        let p = QuantParams::from_min_max(lo, hi);
-        let pa = unsafe { super::x86::quantize_pack_a_avx2(x, m, w.k(), p) };
-        let colterm = colterm_for(kernel, p.zero_point, w);
-        run_f32(kernel, &pa, &colterm, m, p.scale, w, sw, bias, y, threads);
+    let (lo, hi) = quantize::min_max(kernel, x);
+    let p = QuantParams::from_min_max(lo, hi);
+    if m == 0 {
         return p;
     }
-    let mut q = vec![0u8; x.len()];
-    let p = quantize::dynamic_quantize_linear_with(kernel, x, &mut q);
-    qgemm_f32(
-        kernel,
-        &q,
-        m,
-        p.zero_point,
-        p.scale,
-        w,
-        sw,
-        bias,
-        y,
-        threads,
-    );
+    let pa = quantize_pack_a(kernel, x, m, w.k(), p);
+    let colterm = colterm_for(kernel, p.zero_point, w);
+    run_f32(kernel, &pa, &colterm, m, p.scale, w, sw, bias, y, threads);
     p
+}
+
+/// `DynamicQuantizeLinear` of `x` `[M, K]` with parameters `p`, packed for `kernel`: AVX2
+/// quantizes straight into its layout (`a - za = clamp(round(x / s), -zp, 255 - zp)`, no u8
+/// tensor); the others quantize to u8, then pack.
+fn quantize_pack_a(kernel: Kernel, x: &[f32], m: usize, k: usize, p: QuantParams) -> PackedA {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { super::x86::quantize_pack_a_avx2(x, m, k, p) },
+        _ => {
+            let mut q = vec![0u8; x.len()];
+            quantize::quantize(kernel, x, p, &mut q);
+            pack_a(kernel, &q, m, k, p.zero_point)
+        }
+    }
 }
