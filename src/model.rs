@@ -238,18 +238,38 @@ pub fn pack(onnx: &Path, out: &Path) -> Result<PackReport> {
             onnx.display()
         );
     }
-    let entries = crate::int8::packed_weights_of(&typed);
-    let bytes = crate::int8::sidecar::sidecar_bytes(
-        entries.iter().map(|(n, w)| (n.as_str(), w)),
-        fingerprint.expect("asked for"),
-    );
-    crate::int8::sidecar::write_sidecar(out, &bytes)
-        .with_context(|| format!("cannot write {}", out.display()))?;
+    let (entries, bytes) = write_packed_sidecar(&typed, out, fingerprint.expect("asked for"))?;
     Ok(PackReport {
         path: out.to_owned(),
-        entries: entries.len(),
-        bytes: bytes.len(),
+        entries,
+        bytes,
     })
+}
+
+/// Error context of a failed sidecar write: `pack_cli` recognises it to add a hint.
+#[derive(Debug)]
+struct CannotWrite(PathBuf);
+
+impl std::fmt::Display for CannotWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write {}", self.0.display())
+    }
+}
+
+/// Writes the packed weights of `typed`'s fused ops to the sidecar `out` (atomically).
+/// Returns the entries and bytes written.
+fn write_packed_sidecar(
+    typed: &TypedModel,
+    out: &Path,
+    fingerprint: u64,
+) -> Result<(usize, usize)> {
+    let entries = crate::int8::packed_weights_of(typed);
+    let bytes = crate::int8::sidecar::sidecar_bytes(
+        entries.iter().map(|(n, w)| (n.as_str(), w)),
+        fingerprint,
+    );
+    crate::int8::sidecar::write_sidecar(out, &bytes).context(CannotWrite(out.to_owned()))?;
+    Ok((entries.len(), bytes.len()))
 }
 
 /// `electra-edge pack`: writes the sidecar where [`Model::load`] looks for it.
@@ -269,7 +289,7 @@ pub fn pack_cli(args: &crate::cli::PackArgs) -> Result<()> {
         (None, None) => sidecar_path(&onnx),
     };
     let report = pack(&onnx, &out).map_err(|e| {
-        if args.out.is_none() && cache.is_none() && format!("{e:#}").contains("cannot write") {
+        if args.out.is_none() && cache.is_none() && e.downcast_ref::<CannotWrite>().is_some() {
             e.context(format!(
                 "(read-only model folder? use --weights-cache DIR and run with {CACHE_ENV}=DIR)"
             ))
@@ -675,15 +695,7 @@ impl Model {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let entries = crate::int8::packed_weights_of(typed);
-        let bytes = crate::int8::sidecar::sidecar_bytes(
-            entries.iter().map(|(n, w)| (n.as_str(), w)),
-            fingerprint,
-        );
-        drop(entries);
-        crate::int8::sidecar::write_sidecar(out, &bytes)
-            .with_context(|| format!("cannot write {}", out.display()))?;
-        drop(bytes);
+        write_packed_sidecar(typed, out, fingerprint)?;
         let sidecar = open_sidecar(out)?.with_context(|| format!("{} vanished", out.display()))?;
         let mut moved = 0;
         for id in 0..typed.nodes().len() {
