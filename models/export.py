@@ -36,12 +36,7 @@ SMALL_SHAPE = dict(num_hidden_layers=12, hidden_size=256, num_attention_heads=4,
                    embedding_size=128, max_position_embeddings=512)
 TINY_SHAPE = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128,
                   embedding_size=32, max_position_embeddings=512)
-TASK_CLASS = {
-    "discriminator": "ElectraForPreTraining",
-    "classify": "ElectraForSequenceClassification",
-    "tag": "ElectraForTokenClassification",
-    "embed": "ElectraModel",
-}
+TASK_CLASS = q.TASK_TO_ARCH  # task -> transformers class name
 
 
 def log(msg: str) -> None:

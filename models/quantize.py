@@ -424,16 +424,17 @@ def exact_int8_session(int8_path: Path):
 
 
 def verify(fp32_path: Path, int8_path: Path, tokenize, task: str, sentences=VERIFY_SENTENCES,
-           rel_bound: float = REL_BOUND, max_abs_err: float | None = None, exact: bool = True) -> dict:
+           rel_bound: float = REL_BOUND, max_abs_err: float | None = None, exact: bool = True,
+           sessions: tuple | None = None) -> dict:
     """Compare int8 with fp32 on SENTENCES.
 
     ``max_abs_err_int8_vs_fp32`` is onnxruntime int8 vs onnxruntime fp32.  With ``exact`` the
     int8 graph also runs under exact integer arithmetic (``exact_int8_session``); the model then
     passes when the exact error is within the bound (it is the model's own error and what tract
     computes) and an onnxruntime error above the bound is reported as its kernel's saturation.
+    ``sessions``: the (fp32, int8) onnxruntime sessions of the two paths, when the caller has them.
     """
-    s_fp32 = make_session(fp32_path)
-    s_int8 = make_session(int8_path)
+    s_fp32, s_int8 = sessions or (make_session(fp32_path), make_session(int8_path))
     s_exact = exact_int8_session(int8_path) if exact else None
     worst = worst_exact = 0.0
     scale = 0.0
@@ -468,9 +469,9 @@ def verify(fp32_path: Path, int8_path: Path, tokenize, task: str, sentences=VERI
     return res
 
 
-def golden(fp32_path: Path, int8_path: Path, tokenize, task: str, sentences=GOLDEN_SENTENCES) -> list:
-    s_fp32 = make_session(fp32_path)
-    s_int8 = make_session(int8_path)
+def golden(sessions: tuple, tokenize, task: str, sentences=GOLDEN_SENTENCES) -> list:
+    """Golden rows for the manifest from the (fp32, int8) onnxruntime sessions."""
+    s_fp32, s_int8 = sessions
     rows = []
     for text in sentences:
         ids = tokenize(text)
@@ -531,7 +532,9 @@ def build_folder(
             + ", ".join(f"{k} {v}" for k, v in sorted(census.items()) if k in
                         ("MatMulInteger", "DynamicQuantizeLinear", "DequantizeLinear", "MatMul"))
         )
-        ver = verify(fp32_path, tmp_int8, tokenize, task, rel_bound=rel_bound, max_abs_err=max_abs_err)
+        sessions = (make_session(fp32_path), make_session(tmp_int8))
+        ver = verify(fp32_path, tmp_int8, tokenize, task, rel_bound=rel_bound, max_abs_err=max_abs_err,
+                     sessions=sessions)
         log(
             f"verification on {ver['sentences']} sentences: max |int8 - fp32| = {ver['max_abs_err_int8_vs_fp32']:.6f}"
             f" (onnxruntime), {ver['max_abs_err_exact_int8_vs_fp32']:.6f} (exact integer arithmetic);"
@@ -549,7 +552,8 @@ def build_folder(
                 " is fine (tract accumulates in i32), but the golden ort_int8 values carry that error; prefer"
                 " --weight-type uint8 for golden values that match exact arithmetic."
             )
-        gold = golden(fp32_path, tmp_int8, tokenize, task)
+        gold = golden(sessions, tokenize, task)
+        del sessions  # release the int8 session before the temporary directory goes
 
         # Write the folder only once everything above passed.
         for name in MODEL_FILES + ("manifest.json",):
