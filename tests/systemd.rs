@@ -12,6 +12,9 @@
 //!
 //! Tests that change the environment hold `ENV_LOCK` (tests run in parallel threads).
 
+mod common;
+
+use common::{fixtures, TempDir};
 use electra_edge::systemd;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -28,14 +31,6 @@ fn env_lock() -> std::sync::MutexGuard<'static, ()> {
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh temp dir (short path: Unix socket paths are limited to 107 bytes).
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ee-sd-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn recv(sock: &UnixDatagram) -> String {
@@ -67,7 +62,7 @@ fn runner() -> Vec<String> {
 #[test]
 fn notify_messages_reach_a_path_socket() {
     let _g = env_lock();
-    let dir = tempdir("notify");
+    let dir = TempDir::new("sd-notify");
     let path = dir.join("notify.sock");
     let rx = UnixDatagram::bind(&path).unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -91,7 +86,6 @@ fn notify_messages_reach_a_path_socket() {
     assert_eq!(recv(&rx), "STOPPING=1");
     assert_eq!(recv(&rx), "STATUS=a\nERRNO=0");
     assert_eq!(recv(&rx), "READY=1\nSTATUS=serving now");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -128,12 +122,11 @@ fn notify_without_systemd_is_a_noop() {
 #[test]
 fn notify_to_a_missing_socket_is_an_error() {
     let _g = env_lock();
-    let dir = tempdir("missing");
+    let dir = TempDir::new("sd-missing");
     std::env::set_var("NOTIFY_SOCKET", dir.join("nobody-listens.sock"));
     let r = systemd::ready();
     std::env::remove_var("NOTIFY_SOCKET");
     assert!(r.is_err());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -143,7 +136,7 @@ fn notify_to_a_missing_socket_is_an_error() {
 #[test]
 fn watchdog_from_env_pings_the_notify_socket() {
     let _g = env_lock();
-    let dir = tempdir("wdenv");
+    let dir = TempDir::new("sd-wdenv");
     let path = dir.join("notify.sock");
     let rx = UnixDatagram::bind(&path).unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -178,7 +171,6 @@ fn watchdog_from_env_pings_the_notify_socket() {
     assert_eq!(recv(&rx), "WATCHDOG=1");
     assert!(wd.pings_sent() >= 1); // the 2nd send may not be counted yet
     drop(wd); // the timer thread exits on its own
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -310,7 +302,7 @@ fn socket_activation_via_exec_with_fd_3() {
         eprintln!("SKIP socket_activation_via_exec_with_fd_3: python3 not installed");
         return;
     }
-    let dir = tempdir("act-py");
+    let dir = TempDir::new("sd-act-py");
     let path = dir.join("svc.sock");
     let script = r#"
 import os, socket, sys
@@ -336,7 +328,6 @@ os.execvp(sys.argv[2], sys.argv[2:])
         .unwrap();
     let reply = talk_to_child(child, &path, "hello\n");
     assert_eq!(reply, "ok listener hello\n");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// systemd's own launcher, `systemd-socket-activate` (no systemd instance needed).
@@ -346,7 +337,7 @@ fn socket_activation_via_systemd_socket_activate() {
         eprintln!("SKIP socket_activation_via_systemd_socket_activate: systemd-socket-activate not installed");
         return;
     }
-    let dir = tempdir("act-sd");
+    let dir = TempDir::new("sd-act-sd");
     let path = dir.join("svc.sock");
     let child = Command::new("systemd-socket-activate")
         .arg("--listen")
@@ -365,7 +356,6 @@ fn socket_activation_via_systemd_socket_activate() {
         .unwrap();
     let reply = talk_to_child(child, &path, "你好\n");
     assert_eq!(reply, "ok names 你好\n");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -400,7 +390,7 @@ fn install(args: &[&str], destdir: Option<&Path>) -> std::process::Output {
 #[test]
 fn install_sh_into_a_temp_prefix() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempdir("install");
+    let dir = TempDir::new("sd-install");
     let bin = dir.join("electra-edge-dummy");
     std::fs::write(&bin, "#!/bin/sh\necho dummy\n").unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -546,7 +536,6 @@ fn install_sh_into_a_temp_prefix() {
         None,
     );
     assert!(!out.status.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -581,13 +570,13 @@ fn serve_under_a_stand_in_for_systemd() {
         eprintln!("SKIP serve_under_a_stand_in_for_systemd: systemd-socket-activate not installed");
         return;
     }
-    let model = repo_root().join("../shared/fixtures/electra-tiny-zh/discriminator");
+    let model = fixtures().join("electra-tiny-zh/discriminator");
     assert!(
         model.join("config.json").is_file(),
         "fixture model at {}",
         model.display()
     );
-    let dir = tempdir("e2e");
+    let dir = TempDir::new("sd-e2e");
     let sock = dir.join("electra-edge.sock");
     let notify_path = dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -693,7 +682,6 @@ fn serve_under_a_stand_in_for_systemd() {
         sock.exists(),
         "a socket-activated server leaves the socket file to systemd"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The next sd_notify datagram, failing fast if the service exits first (5 min at most: a
@@ -741,7 +729,7 @@ fn service_memory_max_covers_the_budget() {
         eprintln!("SKIP service_memory_max_covers_the_budget: emulated run");
         return;
     }
-    let model = repo_root().join("../shared/fixtures/electra-small-zh/discriminator");
+    let model = fixtures().join("electra-small-zh/discriminator");
     let out = Command::new("bash")
         .arg(repo_root().join("cross/verify-units.sh"))
         .arg("--budget")

@@ -46,6 +46,14 @@ impl TempDir {
     }
 }
 
+/// `dir.join(..)`, `&dir` as a `&Path`.
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
