@@ -32,6 +32,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown as NetShutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -824,38 +825,14 @@ pub fn serve_with_budget(
         );
     }
 
-    // Accept blocks; a small thread wakes it when shutdown is triggered (a signal handler can
-    // only set a flag), so new connections are taken without any polling delay.
+    // The accept loop waits in poll(2) on the listener with a timeout of `poll_interval`, so a
+    // new connection is taken at once and a shutdown (a signal handler can only set a flag) is
+    // seen within one interval. The listener may be systemd's (socket activation): it is never
+    // shut down or otherwise changed for its other holders, only closed here; systemd keeps
+    // listening on its own copy and hands it to the next instance.
     listener
-        .set_nonblocking(false)
-        .context("cannot make the listener blocking")?;
-    let waker_done = Arc::new(AtomicBool::new(false));
-    let waker = {
-        let addr = listener.local_addr().ok();
-        let fallback = listener.try_clone().ok();
-        let (shutdown, done, poll) = (server.shutdown.clone(), waker_done.clone(), c.poll_interval);
-        std::thread::Builder::new()
-            .name("accept-waker".into())
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                while !shutdown.is_triggered() {
-                    if done.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    std::thread::sleep(poll);
-                }
-                let woke = addr.is_some_and(|a| UnixStream::connect_addr(&a).is_ok());
-                if !woke {
-                    // An unnamed or vanished address: shutdown(2) on the listening socket makes
-                    // a blocked accept return on Linux.
-                    if let Some(l) = fallback {
-                        let _ = UnixStream::from(std::os::fd::OwnedFd::from(l))
-                            .shutdown(NetShutdown::Both);
-                    }
-                }
-            })
-            .context("cannot start a thread")?
-    };
+        .set_nonblocking(true)
+        .context("cannot make the listener non-blocking")?;
     let _ = systemd::ready_with_status(&format!(
         "serving {} ({}), {}",
         server.engine.dir.display(),
@@ -863,27 +840,39 @@ pub fn serve_with_budget(
         server.budget
     ));
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    loop {
-        let accepted = listener.accept();
+    let mut accept_failures = AcceptFailures::default();
+    let fatal = loop {
         if server.shutdown.is_triggered() {
-            // The waker's connection, or a client that raced the shutdown: not served.
-            break;
+            break None;
         }
-        match accepted {
+        match wait_readable(&listener, c.poll_interval) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => break Some(e),
+        }
+        match listener.accept() {
             Ok((stream, _)) => {
+                accept_failures = AcceptFailures::default();
                 conns.retain(|h| !h.is_finished());
                 accept(&server, stream, &queue, &mut conns);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                log::warn!("accept failed: {e}");
-                std::thread::sleep(c.poll_interval);
-            }
+            Err(e) => match accept_failures.judge(e) {
+                AcceptVerdict::Retry => {}
+                AcceptVerdict::BackOff(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    std::thread::sleep(c.poll_interval);
+                }
+                AcceptVerdict::Fatal(e) => break Some(e),
+            },
         }
+    };
+    if let Some(e) = &fatal {
+        // Stop like on SIGTERM (answer what was read), then fail so that systemd restarts us:
+        // a listener that cannot accept must not look like a healthy, idle service.
+        log::error!("the listening socket failed: {e}; stopping");
+        server.shutdown.trigger();
     }
-    waker_done.store(true, Ordering::SeqCst);
-    let _ = waker.join();
     let _ = systemd::stopping();
     log::info!("shutting down: answering what was read");
     drop(listener);
@@ -908,7 +897,93 @@ pub fn serve_with_budget(
         budget: server.budget.clone(),
         peak_rss: rss().1,
     };
-    Ok(report)
+    match fatal {
+        Some(e) => Err(anyhow::Error::new(e).context(format!(
+            "the listening socket failed (after answering {} of {} requests)",
+            report.answered, report.requests
+        ))),
+        None => Ok(report),
+    }
+}
+
+/// Waits until `listener` has a connection to accept (`Ok(true)`) or `timeout` passes
+/// (`Ok(false)`). A listener that can no longer accept (shut down, closed, not listening) is an
+/// error.
+fn wait_readable(listener: &UnixListener, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    // SAFETY: `pfd` is one valid, initialised pollfd that lives across the call, and the count
+    // passed is 1; the fd is owned by `listener`, which outlives the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    if n == 0 {
+        return Ok(false);
+    }
+    if pfd.revents & libc::POLLNVAL != 0 {
+        return Err(io::Error::other("the listening socket is not open"));
+    }
+    if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 && pfd.revents & libc::POLLIN == 0 {
+        return Err(io::Error::other(
+            "the listening socket was shut down (it no longer accepts connections)",
+        ));
+    }
+    Ok(true)
+}
+
+/// How long `accept` may keep failing with resource errors (EMFILE, ENOBUFS, ...) before the
+/// server gives up and exits non-zero.
+const ACCEPT_FAILING_LIMIT: Duration = Duration::from_secs(10);
+
+/// Tells passing `accept` errors from a listener that is broken for good.
+#[derive(Default)]
+struct AcceptFailures {
+    failing_since: Option<Instant>,
+}
+
+enum AcceptVerdict {
+    /// Nothing to take after all (another process was faster, a signal, a client gone).
+    Retry,
+    /// Out of a resource for now: wait a little and try again.
+    BackOff(io::Error),
+    /// The listener cannot accept (EINVAL after shutdown(2), EBADF, ENOTSOCK), or resources have
+    /// been short for [`ACCEPT_FAILING_LIMIT`].
+    Fatal(io::Error),
+}
+
+impl AcceptFailures {
+    fn judge(&mut self, e: io::Error) -> AcceptVerdict {
+        use io::ErrorKind::*;
+        if matches!(e.kind(), WouldBlock | Interrupted | ConnectionAborted) {
+            return AcceptVerdict::Retry;
+        }
+        let passing = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EPROTO)
+        );
+        if !passing {
+            return AcceptVerdict::Fatal(e);
+        }
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= ACCEPT_FAILING_LIMIT {
+            AcceptVerdict::Fatal(io::Error::new(
+                e.kind(),
+                format!("{e} (accept failing for {:?})", since.elapsed()),
+            ))
+        } else {
+            AcceptVerdict::BackOff(e)
+        }
+    }
 }
 
 fn reject(server: &Server, mut stream: UnixStream, message: &str) {

@@ -441,6 +441,47 @@ fn a_full_queue_answers_busy_in_order() {
     assert!(busy > 0 && busy < 30, "busy {busy}");
 }
 
+/// A listener that stops accepting underneath the server (here: shut down through a second
+/// handle, as another process holding the socket could) is a fatal error: `serve` stops and
+/// returns an error, so the process exits non-zero and systemd restarts it, instead of logging
+/// `accept failed` forever while looking healthy.
+#[test]
+fn a_listener_that_cannot_accept_any_more_ends_serve_with_an_error() {
+    let dir = TempDir::new("dead-listener");
+    let path = dir.path().join("s.sock");
+    let engine = engine();
+    let mut config = ServerConfig::for_engine(&engine);
+    config.poll_interval = Duration::from_millis(20);
+    let listener = UnixListener::bind(&path).unwrap();
+    let other_holder = listener.try_clone().unwrap();
+    let shutdown = Shutdown::new();
+    let handle = {
+        let s = shutdown.clone();
+        std::thread::spawn(move || server::serve(engine, listener, config, s))
+    };
+    let mut c = Client::connect(&path);
+    assert_eq!(c.ask(r#"{"id":1,"cmd":"ping"}"#)["pong"], true);
+    // shutdown(2) on the listening socket, through the other handle.
+    let _ = UnixStream::from(std::os::fd::OwnedFd::from(other_holder))
+        .shutdown(std::net::Shutdown::Both);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !handle.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "serve kept running on a dead listener"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = handle.join().unwrap().expect_err("serve must fail");
+    assert!(
+        format!("{err:#}").contains("listening socket"),
+        "error names the socket: {err:#}"
+    );
+    // The connection that was open got its answers; nothing hangs.
+    drop(c);
+    drop(shutdown);
+}
+
 #[test]
 fn idle_connections_are_closed() {
     let server = Running::start("idle", |c| c.idle_timeout = Duration::from_millis(300));

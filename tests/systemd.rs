@@ -684,6 +684,88 @@ fn serve_under_a_stand_in_for_systemd() {
     );
 }
 
+/// `systemctl restart` / `stop` as systemd does them, without systemd: a launcher (python3)
+/// owns the listening socket and starts `electra-edge serve` on it twice, the socket-activation
+/// way (fd 3, `LISTEN_FDS`, `LISTEN_PID`). The first instance answers, gets SIGTERM and exits 0;
+/// the second instance, given the same fd, must answer too. The socket file is renamed after
+/// binding, so the server cannot connect to itself by name (under the service unit that
+/// connect is refused: the socket is root's 0660, the service a DynamicUser): a server that
+/// then shut the inherited listener down to wake its own `accept` broke it for every later
+/// instance (issue: the restart outage).
+#[test]
+fn restart_hands_the_listening_socket_to_the_next_instance() {
+    let model = fixtures().join("electra-tiny-zh/discriminator");
+    let dir = TempDir::new("sd-restart");
+    let bound = dir.join("bound.sock");
+    let path = dir.join("svc.sock");
+    let script = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(16)
+os.rename(sys.argv[1], sys.argv[2])
+for instance in range(2):
+    pid = os.fork()
+    if pid == 0:
+        if s.fileno() != 3:
+            os.dup2(s.fileno(), 3)
+        os.set_inheritable(3, True)
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LISTEN_FDS"] = "1"
+        os.execvp(sys.argv[3], sys.argv[3:])
+    print("pid", pid, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print("exit", os.waitstatus_to_exitcode(status), flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).arg(&bound).arg(&path);
+    cmd.args(runner()).arg(env!("CARGO_BIN_EXE_electra-edge"));
+    cmd.arg("serve").arg("--model").arg(&model);
+    let mut launcher = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(launcher.stdout.take().unwrap()).lines();
+    let mut next = |what: &str| -> String {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("launcher ended before '{what}'"))
+            .unwrap();
+        let rest = line
+            .strip_prefix(what)
+            .unwrap_or_else(|| panic!("expected '{what} ...', got {line:?}"));
+        rest.trim().to_string()
+    };
+    for instance in 1..=2 {
+        let pid = next("pid");
+        // Connections wait in the backlog while the instance loads.
+        let stream = UnixStream::connect(&path)
+            .unwrap_or_else(|e| panic!("instance {instance}: cannot connect: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .unwrap();
+        (&stream)
+            .write_all(format!("{{\"id\":{instance},\"text\":\"我爱北京天安门\"}}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("instance {instance}: not JSON ({e}): {line:?}"));
+        assert_eq!(reply["id"], instance, "instance {instance}: {line}");
+        assert!(reply["tokens"].is_array(), "instance {instance}: {line}");
+        drop(stream);
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        assert_eq!(next("exit"), "0", "instance {instance} exits 0 on SIGTERM");
+    }
+    let out = launcher.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "launcher: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The next sd_notify datagram, failing fast if the service exits first (5 min at most: a
 /// debug build under qemu loads slowly).
 fn next_notification(notify: &UnixDatagram, child: &mut std::process::Child) -> String {
