@@ -12,8 +12,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{fixtures, TempDir};
+use common::{electra_edge, fixtures, TempDir, XorShift};
 use electra_edge::engine::{Engine, EngineOptions};
+use electra_edge::procfs::{status_bytes, Pid};
 use electra_edge::protocol::{self, Limits};
 use electra_edge::server::{self, ServeReport, ServerConfig, Shutdown, SocketFile};
 use serde_json::{json, Value};
@@ -553,14 +554,9 @@ fn parser_fuzz_never_panics_and_keeps_its_contract() {
     ];
     let alphabet: &[u8] =
         b"{}[]\":,\\0123456789.eE+-truefalsn \t\r\x00\x7f\xff\xe6\x88\x91idtextcmd";
-    let limits = Limits { max_chars: 64 };
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rand = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let limits = Limits::new(64);
+    let mut rng = XorShift::new(1);
+    let mut rand = move || rng.next_u64();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut cases = 0u64;
     while Instant::now() < deadline {
@@ -630,10 +626,6 @@ fn parser_fuzz_never_panics_and_keeps_its_contract() {
 // ---------------------------------------------------------------------------------------------
 // As a process: socat, signals, stale/live, load
 
-fn electra_edge() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_electra-edge"))
-}
-
 struct Process {
     child: Child,
     path: PathBuf,
@@ -698,17 +690,8 @@ impl Process {
     }
 
     fn vm(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .unwrap()
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-            * 1024
+        let field = field.trim_end_matches(':');
+        status_bytes(Pid::Other(self.child.id()), &[field])[0]
     }
 
     /// Waits for the exit (bounded) and returns (success, stderr).
@@ -1063,7 +1046,7 @@ fn json_bombs_are_parsed_within_budget() {
     let budget = stats.ask(r#"{"cmd":"stats"}"#)["stats"]["budget"]["total"]
         .as_u64()
         .unwrap();
-    let max_line = electra_edge::run::max_line_bytes(2000);
+    let max_line = electra_edge::protocol::max_line_bytes(2000);
     let bomb = |prefix: &str, suffix: &str| {
         let mut line = prefix.to_string();
         while line.len() + 4 + suffix.len() < max_line - 64 {

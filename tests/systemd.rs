@@ -14,11 +14,11 @@
 
 mod common;
 
-use common::{fixtures, TempDir};
+use common::{fixtures, repo_root, runner, TempDir};
 use electra_edge::systemd;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,14 +29,23 @@ fn env_lock() -> std::sync::MutexGuard<'static, ()> {
     ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn recv(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
     let n = sock.recv(&mut buf).expect("notification datagram");
     String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+/// Fails the test when `cmd` is not installed (`.ci/run` installs every tool these tests use).
+fn need(cmd: &str) {
+    assert!(
+        have(cmd),
+        "{cmd} is not installed: this test needs it (.ci/run installs it: apt-get install {})",
+        match cmd {
+            "python3" => "python3",
+            "socat" => "socat",
+            _ => "systemd",
+        }
+    );
 }
 
 fn have(cmd: &str) -> bool {
@@ -46,13 +55,6 @@ fn have(cmd: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-/// The command prefix to start a copy of this test binary (a qemu-user runner, or nothing).
-fn runner() -> Vec<String> {
-    std::env::var("ELECTRA_EDGE_TEST_RUNNER")
-        .map(|r| r.split_whitespace().map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 // ------------------------------------------------------------------------------------------
@@ -298,10 +300,7 @@ fn child_args() -> Vec<String> {
 /// (kept across `exec`), `LISTEN_FDS=1`, then `exec` this test binary.
 #[test]
 fn socket_activation_via_exec_with_fd_3() {
-    if !have("python3") {
-        eprintln!("SKIP socket_activation_via_exec_with_fd_3: python3 not installed");
-        return;
-    }
+    need("python3");
     let dir = TempDir::new("sd-act-py");
     let path = dir.join("svc.sock");
     let script = r#"
@@ -333,10 +332,7 @@ os.execvp(sys.argv[2], sys.argv[2:])
 /// systemd's own launcher, `systemd-socket-activate` (no systemd instance needed).
 #[test]
 fn socket_activation_via_systemd_socket_activate() {
-    if !have("systemd-socket-activate") {
-        eprintln!("SKIP socket_activation_via_systemd_socket_activate: systemd-socket-activate not installed");
-        return;
-    }
+    need("systemd-socket-activate");
     let dir = TempDir::new("sd-act-sd");
     let path = dir.join("svc.sock");
     let child = Command::new("systemd-socket-activate")
@@ -540,10 +536,7 @@ fn install_sh_into_a_temp_prefix() {
 
 #[test]
 fn verify_units_sh_passes() {
-    if !have("systemd-analyze") {
-        eprintln!("SKIP verify_units_sh_passes: systemd-analyze not installed");
-        return;
-    }
+    need("systemd-analyze");
     let out = Command::new("bash")
         .arg(repo_root().join("cross/verify-units.sh"))
         .output()
@@ -566,10 +559,7 @@ fn verify_units_sh_passes() {
 /// exit 0 on SIGTERM, and the socket file (systemd's) left in place.
 #[test]
 fn serve_under_a_stand_in_for_systemd() {
-    if !have("systemd-socket-activate") {
-        eprintln!("SKIP serve_under_a_stand_in_for_systemd: systemd-socket-activate not installed");
-        return;
-    }
+    need("systemd-socket-activate");
     let model = fixtures().join("electra-tiny-zh/discriminator");
     assert!(
         model.join("config.json").is_file(),
@@ -694,6 +684,7 @@ fn serve_under_a_stand_in_for_systemd() {
 /// instance (issue: the restart outage).
 #[test]
 fn restart_hands_the_listening_socket_to_the_next_instance() {
+    need("python3");
     let model = fixtures().join("electra-tiny-zh/discriminator");
     let dir = TempDir::new("sd-restart");
     let bound = dir.join("bound.sock");
@@ -802,15 +793,13 @@ fn next_notification(notify: &UnixDatagram, child: &mut std::process::Child) -> 
 /// is larger and its warm-up takes minutes), and skipped under emulation (qemu-user's own
 /// memory would count in the measured base).
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release builds only: run with --release")]
 fn service_memory_max_covers_the_budget() {
-    if cfg!(debug_assertions) {
-        eprintln!("SKIP service_memory_max_covers_the_budget: debug build (run with --release)");
-        return;
-    }
-    if std::env::var_os("ELECTRA_EDGE_TEST_RUNNER").is_some() {
-        eprintln!("SKIP service_memory_max_covers_the_budget: emulated run");
-        return;
-    }
+    assert!(
+        std::env::var_os("ELECTRA_EDGE_TEST_RUNNER").is_none(),
+        "not meaningful under emulation (qemu-user's own memory counts in the measured base): \
+         skip it with --skip service_memory_max (.ci/aarch64.sh's callers do)"
+    );
     let model = fixtures().join("electra-small-zh/discriminator");
     let out = Command::new("bash")
         .arg(repo_root().join("cross/verify-units.sh"))
