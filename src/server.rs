@@ -933,7 +933,9 @@ fn wait_readable(listener: &UnixListener, timeout: Duration) -> io::Result<bool>
     if pfd.revents & libc::POLLNVAL != 0 {
         return Err(io::Error::other("the listening socket is not open"));
     }
-    if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 && pfd.revents & libc::POLLIN == 0 {
+    // A listening socket reports POLLHUP only once it was shut down (then also POLLIN, yet a
+    // non-blocking accept says EAGAIN: looping on it would spin).
+    if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
         return Err(io::Error::other(
             "the listening socket was shut down (it no longer accepts connections)",
         ));
