@@ -72,9 +72,10 @@ pub struct ServeArgs {
     /// Group of the socket file, by name or number.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
-    /// Inference threads.
-    #[arg(long, default_value_t = ServerConfig::default().workers)]
-    pub workers: usize,
+    /// Inference threads (default: the cores available to the process, divided by --threads;
+    /// cgroup quota and CPU affinity respected).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Open connections; the next one gets a busy error and is closed.
     #[arg(long, default_value_t = ServerConfig::default().max_connections)]
     pub max_connections: usize,
@@ -87,6 +88,9 @@ pub struct ServeArgs {
     /// Requests of one connection read but not yet answered; the server stops reading there.
     #[arg(long, default_value_t = ServerConfig::default().max_in_flight)]
     pub max_in_flight: usize,
+    /// Seconds a request may wait for a queue slot and a worker before it gets busy.
+    #[arg(long, default_value_t = ServerConfig::default().queue_timeout.as_secs_f64())]
+    pub queue_timeout: f64,
     /// Seconds a connection may stay idle (nothing received, nothing pending) before closing.
     #[arg(long, default_value_t = ServerConfig::default().idle_timeout.as_secs_f64())]
     pub idle_timeout: f64,
@@ -134,9 +138,10 @@ pub struct ModelArgs {
     /// Tag: include per-token labels.
     #[arg(long)]
     pub tokens: bool,
-    /// Threads per int8 matmul (1 = the calling thread only).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub threads: u16,
+    /// Threads per request for the int8 matmuls (default: run and check: the cores available to
+    /// the process; serve: the cores divided by --workers, 1 with the default workers).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: Option<u16>,
     /// Use tract's own int8 kernels instead of electra-edge's fused int8 matmul (comparisons).
     #[arg(long)]
     pub tract_int8: bool,
@@ -151,8 +156,26 @@ pub enum PoolingArg {
     Cls,
 }
 
+/// The cores this process may use (CPU affinity and cgroup quota respected), at least 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Workers and threads per request for `serve`: what was asked, the other filled in so that
+/// workers x threads does not exceed the cores (both unset: one worker per core, 1 thread).
+pub fn split_cores(cores: usize, workers: Option<usize>, threads: Option<u16>) -> (usize, usize) {
+    let cores = cores.max(1);
+    match (workers, threads.map(usize::from)) {
+        (Some(w), Some(t)) => (w, t),
+        (Some(w), None) => (w, (cores / w.max(1)).max(1)),
+        (None, Some(t)) => ((cores / t.max(1)).max(1), t),
+        (None, None) => (cores, 1),
+    }
+}
+
 impl ModelArgs {
-    pub fn engine_options(&self) -> EngineOptions {
+    /// The engine options these arguments ask for; `threads` where `--threads` is not given.
+    pub fn engine_options(&self, threads: usize) -> EngineOptions {
         EngineOptions {
             task: self.task,
             onnx_file: self.onnx.clone(),
@@ -161,7 +184,7 @@ impl ModelArgs {
             max_chars: self.max_chars,
             tract_int8: self.tract_int8,
             self_check: !self.no_self_check,
-            threads: usize::from(self.threads),
+            threads: self.threads.map_or(threads, usize::from),
             defaults: AnswerOptions {
                 raw: self.raw,
                 threshold: self.threshold,
@@ -173,5 +196,22 @@ impl ModelArgs {
                 tokens: self.tokens,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cores_are_shared_between_workers_and_threads() {
+        assert_eq!(split_cores(4, None, None), (4, 1));
+        assert_eq!(split_cores(4, Some(2), None), (2, 2));
+        assert_eq!(split_cores(4, None, Some(4)), (1, 4));
+        assert_eq!(split_cores(4, Some(3), None), (3, 1));
+        assert_eq!(split_cores(2, None, Some(3)), (1, 3));
+        // asked for more than the cores: as asked
+        assert_eq!(split_cores(2, Some(4), Some(2)), (4, 2));
+        assert!(available_cores() >= 1);
     }
 }

@@ -53,10 +53,20 @@ pub fn route(
 /// The engine's answer to one request, with the request's options over the engine's
 /// defaults. A model failure or a panic is logged and becomes an `internal` error.
 pub fn infer(engine: &Engine, request: &Request) -> Result<Response, ErrorReply> {
+    infer_with(engine, request, &mut || {})
+}
+
+/// [`infer`], calling `on_window` after each model window.
+pub fn infer_with(
+    engine: &Engine,
+    request: &Request,
+    on_window: &mut dyn FnMut(),
+) -> Result<Response, ErrorReply> {
     let options = request.options.resolve(&engine.options.defaults);
     let internal =
         |message: String| ErrorReply::new(request.id.clone(), ErrorCode::Internal, message);
-    match catch_unwind(AssertUnwindSafe(|| engine.answer(&request.text, &options))) {
+    let answer = || engine.answer_with(&request.text, &options, on_window);
+    match catch_unwind(AssertUnwindSafe(answer)) {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
             log::error!("request failed: {e:#}");

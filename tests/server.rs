@@ -418,27 +418,40 @@ fn connections_over_the_cap_get_busy_then_close() {
     assert_eq!(b.ask(r#"{"cmd":"ping"}"#)["pong"], true);
 }
 
+/// A full queue is backpressure, not rejection: the reader waits for a slot and every line is
+/// answered in order. Only a request that waited longer than `queue_timeout` gets `busy`.
 #[test]
-fn a_full_queue_answers_busy_in_order() {
+fn a_full_queue_holds_readers_back_and_busy_is_only_for_the_queue_timeout() {
+    let text = "满".repeat(2_000);
+    let ask_30 = |server: &Running| {
+        let mut c = server.client();
+        for i in 0..30 {
+            c.send(format!("{{\"id\":{i},\"text\":\"{text}\"}}\n").as_bytes());
+        }
+        let mut busy = 0;
+        for i in 0..30 {
+            let a = c.recv().unwrap();
+            assert_eq!(a["id"], i, "order kept");
+            match code(&a) {
+                Some("busy") => busy += 1,
+                None => assert!(a["tokens"].is_array()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        busy
+    };
     let server = Running::start("queue", |c| {
         c.max_queue = 1;
         c.max_in_flight = 64;
     });
-    let mut c = server.client();
-    let text = "满".repeat(2_000);
-    for i in 0..30 {
-        c.send(format!("{{\"id\":{i},\"text\":\"{text}\"}}\n").as_bytes());
-    }
-    let mut busy = 0;
-    for i in 0..30 {
-        let a = c.recv().unwrap();
-        assert_eq!(a["id"], i, "order kept");
-        match code(&a) {
-            Some("busy") => busy += 1,
-            None => assert!(a["tokens"].is_array()),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    assert_eq!(ask_30(&server), 0, "a full queue made a request busy");
+    // A queue timeout shorter than one inference: the waiting requests give up.
+    let impatient = Running::start("queue-timeout", |c| {
+        c.max_queue = 1;
+        c.max_in_flight = 64;
+        c.queue_timeout = Duration::from_millis(1);
+    });
+    let busy = ask_30(&impatient);
     assert!(busy > 0 && busy < 30, "busy {busy}");
 }
 

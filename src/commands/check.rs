@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::cli::ModelArgs;
+use crate::cli::{available_cores, ModelArgs};
 use crate::engine::Engine;
 use crate::selfcheck;
 
@@ -23,7 +23,7 @@ pub fn check(args: &ModelArgs) -> Result<()> {
             bad.join(", ")
         );
     }
-    let engine = Engine::load(&args.model, args.engine_options())?;
+    let engine = Engine::load(&args.model, args.engine_options(available_cores()))?;
     let report = match engine.self_check {
         Some(report) => report,
         None => engine.self_check()?,

@@ -4,11 +4,12 @@ use std::io;
 
 use anyhow::Result;
 
-use crate::cli::RunArgs;
+use crate::cli::{available_cores, RunArgs};
 use crate::engine::Engine;
 
 /// Loads the model folder, then answers every line of stdin on stdout.
 pub fn run(args: &RunArgs) -> Result<()> {
-    let engine = Engine::load(&args.model.model, args.model.engine_options())?;
+    let options = args.model.engine_options(available_cores());
+    let engine = Engine::load(&args.model.model, options)?;
     crate::run::serve_lines(&engine, io::stdin().lock(), io::stdout().lock())
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::cli::ServeArgs;
+use crate::cli::{available_cores, split_cores, ServeArgs};
 use crate::engine::Engine;
 use crate::server::{
     parse_group, parse_mode, serve_with_budget, Budget, ServerConfig, Shutdown, SocketFile,
@@ -47,15 +47,23 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         (false, None, None) => bail!("--socket PATH is required (no socket passed by systemd)"),
     };
     let _ = systemd::status("loading model");
-    let engine = Engine::load(&args.model.model, args.model.engine_options())?;
+    let cores = available_cores();
+    let (workers, threads) = split_cores(cores, args.workers, args.model.threads);
+    if workers * threads > cores {
+        log::warn!(
+            "{workers} workers x {threads} threads oversubscribe the {cores} cores available"
+        );
+    }
+    let engine = Engine::load(&args.model.model, args.model.engine_options(threads))?;
     let mut config = ServerConfig::for_engine(&engine);
-    config.workers = args.workers;
+    config.workers = workers;
     config.max_connections = args.max_connections;
     if let Some(bytes) = args.max_line_bytes {
         config.max_line_bytes = bytes;
     }
     config.max_queue = args.max_queue;
     config.max_in_flight = args.max_in_flight;
+    config.queue_timeout = seconds(args.queue_timeout, "--queue-timeout")?;
     config.idle_timeout = seconds(args.idle_timeout, "--idle-timeout")?;
     config.write_timeout = seconds(args.write_timeout, "--write-timeout")?;
     config.check()?;

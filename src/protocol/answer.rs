@@ -28,6 +28,24 @@ pub fn answer_line(id: Option<&Value>, text: &str, response: &Response) -> Strin
     serde_json::to_string(&line).expect("answers serialize")
 }
 
+/// Writes the JSON line (no newline) answering a request with `id` for `text` to `out`, without
+/// holding the line in memory.
+pub fn write_answer(
+    out: &mut impl std::io::Write,
+    id: Option<&Value>,
+    text: &str,
+    response: &Response,
+) -> std::io::Result<()> {
+    let line = Line {
+        id,
+        body: Body {
+            text: &Chars::new(text),
+            response,
+        },
+    };
+    serde_json::to_writer(out, &line).map_err(std::io::Error::from)
+}
+
 /// The task name an answer carries in its `task` field.
 pub fn task_name(answer: &Answer) -> &'static str {
     match answer {
@@ -112,22 +130,19 @@ fn discriminator_fields<M: SerializeMap>(
     chars: &Chars,
     a: &discriminator::Answer,
 ) -> Result<(), M::Error> {
-    let token = |t: &discriminator::ScoredToken| Obj {
-        fields: [
-            ("text", Field::Str(chars.slice(t.start, t.end))),
-            ("start", Field::Usize(t.start)),
-            ("end", Field::Usize(t.end)),
-            ("score", Field::F32(t.score)),
-        ],
+    let span = |start: u32, end: u32, score: f32| {
+        let (start, end) = (start as usize, end as usize);
+        Obj {
+            fields: [
+                ("text", Field::Str(chars.slice(start, end))),
+                ("start", Field::Usize(start)),
+                ("end", Field::Usize(end)),
+                ("score", Field::F32(score)),
+            ],
+        }
     };
-    let span = |t: &discriminator::Span| Obj {
-        fields: [
-            ("text", Field::Str(chars.slice(t.start, t.end))),
-            ("start", Field::Usize(t.start)),
-            ("end", Field::Usize(t.end)),
-            ("score", Field::F32(t.score)),
-        ],
-    };
+    let token = |t: &discriminator::ScoredToken| span(t.start, t.end, t.score);
+    let span = |s: &discriminator::Span| span(s.start, s.end, s.score);
     m.serialize_entry("tokens", &Seq(&a.tokens, token))?;
     m.serialize_entry("flagged", &Seq(&a.flagged, span))
 }

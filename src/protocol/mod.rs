@@ -17,7 +17,7 @@ pub mod request;
 
 use serde_json::{Map, Value};
 
-pub use answer::answer_line;
+pub use answer::{answer_line, write_answer};
 pub use error::{line_too_long, ErrorCode, ErrorReply};
 pub use lines::{read_bounded_line, BoundedLine};
 pub use request::{

@@ -7,7 +7,7 @@ use super::gate::{FREE_PARSE_BYTES, JSON_AMPLIFICATION};
 use super::ServerConfig;
 use crate::engine::Engine;
 use crate::procfs::rss;
-use crate::protocol::{self, MAX_ID_BYTES};
+use crate::protocol::MAX_ID_BYTES;
 use crate::tasks::AnswerOptions;
 
 /// The fixed memory budget: what the process needs at most for the worst case the limits
@@ -21,9 +21,9 @@ use crate::tasks::AnswerOptions;
 ///       + max_queue * (max_line_bytes + 128 * MAX_ID_BYTES)
 ///       + parsing
 ///       + slack
-/// per_connection = reader_stack + writer_stack + read_buffer + max_line_bytes
+/// per_connection = reader_stack + writer_stack + read_buffer + write_buffer + max_line_bytes
 ///                + max_in_flight * max_response
-/// request_state  = 4 * max_response        (tokens, window outputs, the answer's JSON tree)
+/// request_state  = 4 * max_response        (tokens, window outputs, stitched outputs)
 /// parsing        = max_connections * FREE_PARSE_BYTES + 128 * max_line_bytes
 /// slack          = (everything above) / 8  (allocator arenas and fragmentation)
 /// ```
@@ -37,8 +37,11 @@ use crate::tasks::AnswerOptions;
 /// `base` is `VmHWM` after the model is loaded and one full-size window (the longest the model
 /// runs) went through it with every answer option on: weights, plan, tokenizer and one window's
 /// peak activations. `window_peak` is how much that one run raised the high-water mark (each
-/// further worker can hold one). `max_response` is the longest answer line, scaled from that
-/// run's answer to `max_chars` characters.
+/// further worker can hold one). `max_response` is the most an answer holds until its
+/// connection's writer has written it: the request (text and id) and the typed answer (numbers
+/// and character offsets, [`crate::tasks::Response::heap_bytes`]), scaled from that run's
+/// answer to `max_chars` characters. The writer serializes answers straight into its 8 KiB
+/// buffer: a finished answer line (~3-6 times the typed answer) is never held.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Budget {
     pub model_file: u64,
@@ -73,8 +76,7 @@ impl Budget {
         let response = engine
             .answer(&text, &options)
             .context("full-window warm-up failed")?;
-        let answer_len =
-            protocol::answer_line(Some(&json!(u64::MAX)), &text, &response).len() as u64;
+        let answer_len = (response.heap_bytes() + text.len() + MAX_ID_BYTES) as u64;
         let (_, hwm) = rss();
         let model_file = engine.model.path.metadata().map_or(0, |m| m.len());
         let max_chars = engine.options.max_chars as u64;
@@ -102,7 +104,8 @@ impl Budget {
         let c = config;
         let line = c.max_line_bytes as u64;
         let request_state = 4 * max_response;
-        let per_connection = (c.reader_stack + c.writer_stack + c.read_buffer) as u64
+        let per_connection = (c.reader_stack + c.writer_stack + c.read_buffer + c.write_buffer)
+            as u64
             + line
             + c.max_in_flight as u64 * max_response;
         let connections = c.max_connections as u64 * per_connection;

@@ -16,8 +16,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Longest request line kept in memory (newline excluded).
     pub max_line_bytes: usize,
-    /// Inference requests waiting for a worker (all connections); more get `busy`.
+    /// Inference requests waiting for a worker (all connections); at the cap, readers wait
+    /// for a slot (first come, first served) and read nothing meanwhile.
     pub max_queue: usize,
+    /// A request that waited longer than this for a queue slot or a worker gets `busy`.
+    pub queue_timeout: Duration,
     /// Lines of one connection read but not yet answered; the reader waits at the cap.
     pub max_in_flight: usize,
     /// A connection with nothing in flight and no byte received for this long is closed.
@@ -30,8 +33,9 @@ pub struct ServerConfig {
     pub reader_stack: usize,
     pub writer_stack: usize,
     pub worker_stack: usize,
-    /// Bytes of the per-connection read buffer.
+    /// Bytes of the per-connection read and write buffers.
     pub read_buffer: usize,
+    pub write_buffer: usize,
 }
 
 /// The defaults of `serve` (documented in `docs/serve.md`); `max_line_bytes` is the one for
@@ -44,6 +48,7 @@ impl Default for ServerConfig {
             max_line_bytes: protocol::max_line_bytes(crate::engine::DEFAULT_MAX_CHARS),
             max_queue: 64,
             max_in_flight: 4,
+            queue_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(100),
@@ -53,6 +58,7 @@ impl Default for ServerConfig {
             // tract runs on the worker's stack.
             worker_stack: 4 * 1024 * 1024,
             read_buffer: 8 * 1024,
+            write_buffer: 8 * 1024,
         }
     }
 }

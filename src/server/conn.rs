@@ -2,16 +2,17 @@
 //! writer (answers back in request order, with a write timeout).
 
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::Shutdown as NetShutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::worker::Job;
+use super::queue::Refused;
+use super::worker::{Job, Reply};
 use super::Server;
 use crate::dispatch::{self, Routed};
 use crate::protocol::{self, ErrorCode, ErrorReply, Limits};
@@ -66,12 +67,7 @@ fn reject(server: &Server, mut stream: UnixStream, message: &str) {
     let _ = stream.shutdown(NetShutdown::Both);
 }
 
-pub(super) fn accept(
-    server: &Arc<Server>,
-    stream: UnixStream,
-    queue: &SyncSender<Job>,
-    conns: &mut Vec<JoinHandle<()>>,
-) {
+pub(super) fn accept(server: &Arc<Server>, stream: UnixStream, conns: &mut Vec<JoinHandle<()>>) {
     let c = &server.config;
     // Accepted sockets do not inherit O_NONBLOCK on Linux; make sure anyway.
     if stream.set_nonblocking(false).is_err() {
@@ -103,7 +99,7 @@ pub(super) fn accept(
         last_activity: AtomicU64::new(0),
         epoch: Instant::now(),
     });
-    let (reply, replies) = mpsc::channel::<(u64, String)>();
+    let (reply, replies) = mpsc::channel::<(u64, Reply)>();
     let writer = {
         let (server, conn, count) = (server.clone(), conn.clone(), count.clone());
         std::thread::Builder::new()
@@ -123,12 +119,12 @@ pub(super) fn accept(
         }
     };
     let reader = {
-        let (server, queue, conn) = (server.clone(), queue.clone(), conn.clone());
+        let (server, conn) = (server.clone(), conn.clone());
         std::thread::Builder::new()
             .name("conn-reader".into())
             .stack_size(c.reader_stack)
             .spawn(move || {
-                read_loop(&server, &conn, read_half, &queue, reply);
+                read_loop(&server, &conn, read_half, reply);
                 drop(count);
             })
     };
@@ -192,13 +188,7 @@ impl Read for PollingReader<'_> {
     }
 }
 
-fn read_loop(
-    server: &Server,
-    conn: &Arc<Conn>,
-    stream: UnixStream,
-    queue: &SyncSender<Job>,
-    reply: Sender<(u64, String)>,
-) {
+fn read_loop(server: &Server, conn: &Arc<Conn>, stream: UnixStream, reply: Sender<(u64, Reply)>) {
     let c = &server.config;
     let limits = Limits::new(server.engine.options.max_chars);
     conn.touch();
@@ -244,39 +234,43 @@ fn read_loop(
         let immediate = match routed {
             Routed::Error(reply) => Some(reply),
             Routed::Reply(line) => {
-                if reply.send((seq, line)).is_err() {
+                if reply.send((seq, Reply::Line(line))).is_err() {
                     server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
                 }
                 None
             }
             Routed::Stats(id) => {
                 let line = protocol::response_line(id.as_ref(), server.stats_body());
-                if reply.send((seq, line)).is_err() {
+                if reply.send((seq, Reply::Line(line))).is_err() {
                     server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
                 }
                 None
             }
             Routed::Infer(request) => {
-                server.stats.queue_depth.fetch_add(1, Ordering::SeqCst);
+                let queued = Instant::now();
                 let job = Job {
                     seq,
                     request,
                     conn: conn.clone(),
                     reply: reply.clone(),
-                    queued: Instant::now(),
+                    queued,
                 };
-                match queue.try_send(job) {
+                // Backpressure: with the queue full this reader waits for a slot (first come,
+                // first served across connections) and reads nothing meanwhile.
+                let closed = || conn.closed.load(Ordering::SeqCst);
+                match server
+                    .queue
+                    .push(job, queued + c.queue_timeout, c.poll_interval, closed)
+                {
                     Ok(()) => None,
-                    Err(e) => {
-                        server.stats.queue_depth.fetch_sub(1, Ordering::SeqCst);
-                        let (job, why) = match e {
-                            TrySendError::Full(job) => (
-                                job,
-                                format!("queue full ({} requests waiting)", c.max_queue),
+                    Err((job, why)) => {
+                        let why = match why {
+                            Refused::Timeout => format!(
+                                "no room in the queue for {} s (--queue-timeout)",
+                                c.queue_timeout.as_secs_f64()
                             ),
-                            TrySendError::Disconnected(job) => {
-                                (job, "the server is shutting down".to_string())
-                            }
+                            Refused::Cancelled => "the connection closed".to_string(),
+                            Refused::Closed => "the server is shutting down".to_string(),
                         };
                         Some(ErrorReply::new(job.request.id, ErrorCode::Busy, why))
                     }
@@ -285,7 +279,7 @@ fn read_loop(
         };
         if let Some(error) = immediate {
             server.stats.error(error.code);
-            if reply.send((seq, error.to_line())).is_err() {
+            if reply.send((seq, Reply::Line(error.to_line()))).is_err() {
                 server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -302,20 +296,27 @@ fn read_loop(
     }
 }
 
-fn write_loop(
-    server: &Server,
-    conn: &Conn,
-    mut stream: UnixStream,
-    replies: Receiver<(u64, String)>,
-) {
+/// Writes one reply line; a typed answer is serialized straight into the (buffered) socket.
+fn write_reply(out: &mut BufWriter<&UnixStream>, reply: Reply) -> io::Result<()> {
+    match reply {
+        Reply::Line(line) => out.write_all(line.as_bytes())?,
+        Reply::Answer(answered) => {
+            let (request, response) = &*answered;
+            protocol::write_answer(&mut *out, request.id.as_ref(), &request.text, response)?
+        }
+    }
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+fn write_loop(server: &Server, conn: &Conn, stream: UnixStream, replies: Receiver<(u64, Reply)>) {
     let mut next = 0u64;
-    let mut pending: BTreeMap<u64, String> = BTreeMap::new();
-    'outer: while let Ok((seq, line)) = replies.recv() {
-        pending.insert(seq, line);
-        while let Some(line) = pending.remove(&next) {
-            let mut out = line.into_bytes();
-            out.push(b'\n');
-            if let Err(e) = stream.write_all(&out) {
+    let mut pending: BTreeMap<u64, Reply> = BTreeMap::new();
+    let mut out = BufWriter::with_capacity(server.config.write_buffer, &stream);
+    'outer: while let Ok((seq, reply)) = replies.recv() {
+        pending.insert(seq, reply);
+        while let Some(reply) = pending.remove(&next) {
+            if let Err(e) = write_reply(&mut out, reply) {
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -335,6 +336,8 @@ fn write_loop(
             conn.release();
         }
     }
+    // what is still buffered for a client that stopped reading is dropped, not flushed
+    let _ = out.into_parts();
     conn.close();
     let _ = stream.shutdown(NetShutdown::Both);
     // Whatever is still owed cannot be delivered; count it (jobs of a closed connection are

@@ -34,14 +34,14 @@ mod config;
 mod conn;
 mod gate;
 mod listener;
+mod queue;
 mod socket;
 mod stats;
 mod worker;
 
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
@@ -58,6 +58,7 @@ use crate::systemd;
 use conn::accept;
 use gate::ParseGate;
 use listener::{wait_readable, AcceptFailures, AcceptVerdict};
+use queue::FairQueue;
 use stats::Stats;
 use worker::Job;
 
@@ -114,6 +115,8 @@ pub(super) struct Server {
     shutdown: Shutdown,
     /// Parses lines whose tree may be big (see [`json_tree_bound`]).
     parse_gate: ParseGate,
+    /// Inference requests waiting for a worker.
+    queue: FairQueue<Job>,
 }
 
 /// Serves `listener` until `shutdown` is triggered, then answers what was read and returns.
@@ -143,6 +146,7 @@ pub fn serve_with_budget(
 ) -> Result<ServeReport> {
     config.check()?;
     let watchdog = systemd::Watchdog::from_env();
+    let config_max_queue = config.max_queue;
     let server = Arc::new(Server {
         engine,
         config,
@@ -150,19 +154,18 @@ pub fn serve_with_budget(
         stats: Stats::new(),
         shutdown,
         parse_gate: ParseGate::start()?,
+        queue: FairQueue::new(config_max_queue),
     });
     let c = &server.config;
 
-    let (queue, jobs) = mpsc::sync_channel::<Job>(c.max_queue);
-    let jobs = Arc::new(Mutex::new(jobs));
     let mut workers = Vec::new();
     for i in 0..c.workers {
-        let (server, jobs, watchdog) = (server.clone(), jobs.clone(), watchdog.clone());
+        let (server, watchdog) = (server.clone(), watchdog.clone());
         workers.push(
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .stack_size(c.worker_stack)
-                .spawn(move || worker::worker(&server, &jobs, &watchdog))
+                .spawn(move || worker::worker(&server, &server.queue, &watchdog))
                 .context("cannot start a worker thread")?,
         );
     }
@@ -196,7 +199,7 @@ pub fn serve_with_budget(
             Ok((stream, _)) => {
                 accept_failures = AcceptFailures::default();
                 conns.retain(|h| !h.is_finished());
-                accept(&server, stream, &queue, &mut conns);
+                accept(&server, stream, &mut conns);
             }
             Err(e) => match accept_failures.judge(e) {
                 AcceptVerdict::Retry => {}
@@ -218,10 +221,11 @@ pub fn serve_with_budget(
     let _ = systemd::stopping();
     log::info!("shutting down: answering what was read");
     drop(listener);
-    drop(queue);
     for h in conns {
         let _ = h.join();
     }
+    // every connection ended, so every queued request was answered: the workers may go
+    server.queue.close();
     for h in workers {
         let _ = h.join();
     }

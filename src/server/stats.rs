@@ -55,7 +55,6 @@ pub(super) struct Stats {
     pub(super) dropped_slow: AtomicU64,
     pub(super) idle_closed: AtomicU64,
     pub(super) unanswered: AtomicU64,
-    pub(super) queue_depth: AtomicUsize,
     pub(super) latencies: Mutex<Latencies>,
 }
 
@@ -73,7 +72,6 @@ impl Stats {
             dropped_slow: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
             unanswered: AtomicU64::new(0),
-            queue_depth: AtomicUsize::new(0),
             latencies: Mutex::new(Latencies {
                 ring: vec![0; RING].into_boxed_slice(),
                 next: 0,
@@ -122,7 +120,7 @@ impl Server {
                 "unanswered": s.unanswered.load(Ordering::Relaxed),
                 "errors": s.errors_json(),
                 "latency_ms": {"p50": p[0], "p90": p[1], "p99": p[2]},
-                "queue_depth": s.queue_depth.load(Ordering::Relaxed),
+                "queue_depth": self.queue.len(),
                 "connections": s.connections.load(Ordering::Relaxed),
                 "connections_total": s.connections_total.load(Ordering::Relaxed),
                 "rejected_connections": s.rejected.load(Ordering::Relaxed),

@@ -1,44 +1,72 @@
-//! Inference workers: take queued requests, answer them, hand the line to the writer.
+//! Inference workers: take queued requests in order, answer them (the typed answer goes to the
+//! connection's writer, which serializes it while writing), count and time them.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::conn::Conn;
+use super::queue::FairQueue;
 use super::Server;
 use crate::dispatch;
-use crate::protocol::Request;
+use crate::protocol::{ErrorCode, ErrorReply, Request};
 use crate::systemd;
+use crate::tasks::Response;
 
 /// One queued inference.
 pub(super) struct Job {
     pub(super) seq: u64,
     pub(super) request: Request,
     pub(super) conn: Arc<Conn>,
-    pub(super) reply: Sender<(u64, String)>,
+    pub(super) reply: Sender<(u64, Reply)>,
+    /// When the request was read.
     pub(super) queued: Instant,
 }
 
-pub(super) fn worker(server: &Server, jobs: &Mutex<Receiver<Job>>, watchdog: &systemd::Watchdog) {
-    loop {
-        let job = {
-            let jobs = jobs.lock().unwrap_or_else(|e| e.into_inner());
-            jobs.recv()
-        };
-        let Ok(job) = job else { return };
-        server.stats.queue_depth.fetch_sub(1, Ordering::SeqCst);
+/// What a connection's writer gets for one request line, in any order (it writes them in
+/// request order).
+pub(super) enum Reply {
+    /// A finished line (commands, errors).
+    Line(String),
+    /// A typed answer, serialized while it is written: held as numbers and offsets it is a
+    /// fraction of its JSON (the budget counts it so).
+    Answer(Box<(Request, Response)>),
+}
+
+pub(super) fn worker(server: &Server, queue: &FairQueue<Job>, watchdog: &systemd::Watchdog) {
+    let timeout = server.config.queue_timeout;
+    while let Some(job) = queue.pop() {
         if job.conn.closed.load(Ordering::SeqCst) {
             server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let request = &job.request;
-        let line = {
+        let request = job.request;
+        let waited = job.queued.elapsed();
+        let reply = if waited > timeout {
+            server.stats.error(ErrorCode::Busy);
+            Reply::Line(
+                ErrorReply::new(
+                    request.id.clone(),
+                    ErrorCode::Busy,
+                    format!(
+                        "waited {:.1} s for a worker, longer than --queue-timeout {} s",
+                        waited.as_secs_f64(),
+                        timeout.as_secs_f64()
+                    ),
+                )
+                .to_line(),
+            )
+        } else {
             let _busy = watchdog.busy();
-            dispatch::respond(&server.engine, request).unwrap_or_else(|e| {
-                server.stats.error(e.code);
-                e.to_line()
-            })
+            // progress per model window: a long text is not a wedged worker
+            match dispatch::infer_with(&server.engine, &request, &mut || watchdog.ping()) {
+                Ok(response) => Reply::Answer(Box::new((request, response))),
+                Err(e) => {
+                    server.stats.error(e.code);
+                    Reply::Line(e.to_line())
+                }
+            }
         };
         server.stats.inferences.fetch_add(1, Ordering::Relaxed);
         let us = job.queued.elapsed().as_micros().min(u32::MAX as u128) as u32;
@@ -48,11 +76,8 @@ pub(super) fn worker(server: &Server, jobs: &Mutex<Receiver<Job>>, watchdog: &sy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(us);
-        if job.reply.send((job.seq, line)).is_err() {
+        if job.reply.send((job.seq, reply)).is_err() {
             server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Command line

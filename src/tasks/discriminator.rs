@@ -8,17 +8,18 @@ use super::{sigmoid, AnswerOptions, Input, OutputShape, PerToken};
 /// A text token and its probability of having been replaced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScoredToken {
-    /// Character range in the text.
-    pub start: usize,
-    pub end: usize,
+    /// Character range in the text (u32: answers are held until written; texts are far
+    /// shorter than 4 G characters).
+    pub start: u32,
+    pub end: u32,
     pub score: f32,
 }
 
 /// A run of consecutive tokens above the threshold.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Span {
-    pub start: usize,
-    pub end: usize,
+    pub start: u32,
+    pub end: u32,
     /// The highest token score in the span.
     pub score: f32,
 }
@@ -51,8 +52,8 @@ pub fn answer(input: &Input, options: &AnswerOptions) -> (Answer, PerToken) {
         .iter()
         .zip(logits.text_rows())
         .map(|(t, row)| ScoredToken {
-            start: t.start,
-            end: t.end,
+            start: t.start as u32,
+            end: t.end as u32,
             score: sigmoid(row[0]),
         })
         .collect();
@@ -121,7 +122,7 @@ mod tests {
         assert_eq!(answer.tokens.len(), 7);
         assert_eq!((answer.tokens[1].start, answer.tokens[1].end), (1, 2));
         assert!((answer.tokens[1].score - 0.880_797).abs() < 1e-6);
-        let spans: Vec<(usize, usize)> = answer.flagged.iter().map(|s| (s.start, s.end)).collect();
+        let spans: Vec<(u32, u32)> = answer.flagged.iter().map(|s| (s.start, s.end)).collect();
         assert_eq!(spans, [(1, 2), (3, 5)]);
         assert!((answer.flagged[1].score - sigmoid(3.0)).abs() < 1e-7);
         assert!(flag_spans(&answer.tokens, 0.99).is_empty());

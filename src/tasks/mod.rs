@@ -101,6 +101,39 @@ pub struct Response {
     pub raw: Option<Raw>,
 }
 
+impl Response {
+    /// Bytes this answer holds on the heap (what a server keeps per answer until it is
+    /// written; its JSON line is several times larger).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        fn vec<T>(v: &[T]) -> usize {
+            std::mem::size_of_val(v)
+        }
+        let answer = match &self.answer {
+            Answer::Discriminator(a) => vec(&a.tokens) + vec(&a.flagged),
+            Answer::Classify(a) => {
+                a.label.len()
+                    + a.scores
+                        .iter()
+                        .map(|s| size_of::<classify::LabelScore>() + s.label.len())
+                        .sum::<usize>()
+            }
+            Answer::Tag(a) => {
+                a.entities
+                    .iter()
+                    .map(|e| size_of::<tag::Entity>() + e.kind.len())
+                    .sum::<usize>()
+                    + a.tokens.as_deref().map_or(0, vec)
+            }
+            Answer::Embed(a) => vec(&a.embedding),
+        };
+        let raw = self.raw.as_ref().map_or(0, |r| {
+            vec(&r.input_ids) + r.logits.as_ref().map_or(0, |l| vec(l.values()))
+        });
+        size_of::<Response>() + answer + raw
+    }
+}
+
 /// What one window's output looks like, known once the graph is loaded: the sizes after the
 /// batch axis for a window of `positions` tokens.
 #[derive(Clone, Debug, PartialEq)]
