@@ -421,9 +421,11 @@ fn runner(kernel: Kernel) -> Runner {
     }
 }
 
-/// Smallest share of a matmul worth a thread of its own (waking a pool thread costs a few
-/// microseconds; this is ~10 us of work).
-pub(crate) const MIN_MACS_PER_THREAD: usize = 512 << 10;
+/// Smallest share of a matmul worth a thread of its own (~40 us of AVX2 work): waking a pool
+/// thread costs microseconds on an idle host, but on a busy one a helper that is descheduled
+/// with a claimed task makes the caller wait; at 0.5M MACs two threads were slower than one
+/// on the shared dev host (8 x 256 x 1024).
+pub(crate) const MIN_MACS_PER_THREAD: usize = 2 << 20;
 
 /// Runs the job over all panels with `run`, split over up to `threads` threads of the pool
 /// (1 = on the calling thread; fewer when the matmul is too small to pay for the wake-ups).

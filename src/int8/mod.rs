@@ -22,9 +22,9 @@
 //! 8x32) on the u8 activations as they are, aarch64 NEON baseline for Cortex-A72 (`smull` +
 //! `sadalp`, 4x8), aarch64 `sdot` (8x8, when the CPU has dotprod) and aarch64 i8mm (`usmmla`,
 //! 8x8 in 2x2 blocks). All share one packed weight layout ([`pack`]). One dispatcher picks the
-//! best available at run time; `ELECTRA_EDGE_KERNEL=scalar|avx2|avxvnni|avx512vnni|neon|dotprod|i8mm`
-//! (or an explicit [`Kernel`] argument) overrides it. Threads split the columns of a matmul
-//! over the persistent [`pool`] (`threads` = 1: the calling thread only; matmuls under ~0.5M
+//! best available at run time; `ELECTRA_EDGE_KERNEL` (`scalar`, `avx2`, `avxvnni`,
+//! `avx512vnni`, `neon`, `dotprod`, `i8mm`) or an explicit [`Kernel`] argument overrides it. Threads split the columns of a matmul
+//! over the persistent [`pool`] (`threads` = 1: the calling thread only; matmuls under ~2M
 //! MACs per thread stay on the calling thread).
 //!
 //! In the graph: [`op::QMatMul`] is the fused tract op and [`fuse_quantized_matmuls`] the
