@@ -29,8 +29,12 @@ pub(crate) const MR_ZMM: usize = 8;
 /// Panels per tile, zmm (2 zmm per row).
 pub(crate) const NP_ZMM: usize = 4;
 
-/// The vector operations of the tile. All are `unsafe`: implementations use instructions the
-/// CPU must have, and raw pointers the caller must make valid.
+/// The vector operations of the tile.
+///
+/// # Safety
+/// Every method may use instructions of the implementation's target features (the caller
+/// runs them only where the CPU has them: inside the kernel's `target_feature` functions),
+/// and the pointer arguments must be valid for the bytes each method names.
 pub(crate) trait DotOps {
     type V: Copy;
     /// Panels per vector (1: 8 i32 lanes, 2: 16 lanes).
