@@ -2,6 +2,10 @@
 //!
 //! `cargo bench --bench int8_kernels [-- --threads N] [--kernels scalar,avx2,...] [--quick] [--wall]`
 //!
+//! Kernels this CPU lacks are listed as not measured. With `--threads N` (N > 1) the matmuls
+//! are split over the persistent thread pool (`electra_edge::int8::pool`) and timed in wall
+//! time.
+//!
 //! Columns per shape (M x K x N):
 //! - `gemm`: `qgemm_f32` on already quantized activations (A packing, integer GEMM, epilogue);
 //! - `op`: `quantized_matmul_f32` (the whole fused op: DynamicQuantizeLinear + gemm);
@@ -133,6 +137,14 @@ fn main() {
     // one thread: CPU time of this thread (robust on a busy host); more: wall time
     let cpu = threads == 1 && !args.iter().any(|a| a == "--wall");
     let budget = Duration::from_millis(if quick { 60 } else { 300 });
+    let missing: Vec<String> = Kernel::ALL
+        .into_iter()
+        .filter(|k| !k.is_available())
+        .map(|k| format!("{k} ({})", k.features()))
+        .collect();
+    if !missing.is_empty() {
+        println!("not measured (this CPU lacks them): {}", missing.join(", "));
+    }
     let mut shapes = vec![];
     for m in [8, 32, 128, 512] {
         for n in [256, 1024] {

@@ -1,16 +1,21 @@
 //! The integer GEMM driver: A packing, tiling, threads, zero-point compensation and the f32
-//! epilogue, around per-kernel micro-tiles (`MR` rows x 8 columns of raw i32 sums).
+//! epilogue, around per-kernel micro-tiles (`MR` rows x `NP` panels of 8 columns of raw i32
+//! sums).
 //!
 //! Exactness: every kernel computes a *raw* sum `R[m,n] = sum_k â[m,k] * w[k,n]` over the
-//! packed i8 weights, with `â = a - za` (scalar, AVX2: i16 activations) or `â = a - 128`
-//! (NEON: i8 activations), then
+//! packed i8 weights, with `â = a - za` (scalar, AVX2: i16 activations), `â = a - 128`
+//! (NEON: i8 activations) or `â = a` (VNNI, i8mm: the u8 activations as they are), then
 //!
 //! ```text
-//! C[m,n] = R[m,n] + (za' ) * colsum[n] - zw[n] * rowsum[m]
-//!   za' = 0 (â = a - za) or 128 - za (â = a - 128),  rowsum[m] = sum_k (a[m,k] - za)
+//! C[m,n] = R[m,n] + za' * colsum[n] - zw[n] * rowsum[m]
+//!   za' = 0 (â = a - za), 128 - za (â = a - 128) or -za (â = a),
+//!   rowsum[m] = sum_k (a[m,k] - za)
 //! ```
 //! which is `sum_k (a - za) * (w - zw)` exactly. All intermediate i32 arithmetic wraps, so the
 //! result is exact whenever the true result fits in i32 (always for K <= 33025).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use super::pack::{PackedWeights, NR, QUAD_BYTES};
 use super::quantize::{self, QuantParams};
@@ -23,11 +28,17 @@ pub(crate) enum AFormat {
     I16MinusZa,
     /// i8 `a - 128` (`a ^ 0x80`), k-quads of MR rows: `[block][q][r][4]`.
     I8Shifted,
+    /// u8 `a` as is, k-quads of MR rows: `[block][q][r][4]` (VNNI `vpdpbusd`).
+    U8,
+    /// u8 `a` as is, pairs of k-quads (8 k) of pairs of rows: `[block][q / 2][r / 2][2][8]`,
+    /// a 2 x 8 matrix per 16 bytes (i8mm `usmmla`); k past K (an odd last quad) is 0.
+    U8Pairs,
 }
 
 pub(crate) enum ABuf {
     I16(Vec<i16>),
     I8(Vec<i8>),
+    U8(Vec<u8>),
 }
 
 impl ABuf {
@@ -35,6 +46,7 @@ impl ABuf {
         match self {
             ABuf::I16(v) => v.as_ptr() as *const u8,
             ABuf::I8(v) => v.as_ptr() as *const u8,
+            ABuf::U8(v) => v.as_ptr(),
         }
     }
 }
@@ -51,8 +63,20 @@ pub(crate) fn config(kernel: Kernel) -> (usize, AFormat) {
     match kernel {
         Kernel::Scalar => (4, AFormat::I16MinusZa),
         Kernel::Avx2 => (6, AFormat::I16MinusZa),
+        Kernel::AvxVnni => (super::vnni::MR_YMM, AFormat::U8),
+        Kernel::Avx512Vnni => (super::vnni::MR_ZMM, AFormat::U8),
         Kernel::Neon => (4, AFormat::I8Shifted),
         Kernel::Dotprod => (8, AFormat::I8Shifted),
+        Kernel::I8mm => (8, AFormat::U8Pairs),
+    }
+}
+
+/// Panels (of 8 columns) per tile: the unit in which columns are split between threads.
+pub(crate) fn panels_per_tile(kernel: Kernel) -> usize {
+    match kernel {
+        Kernel::AvxVnni => super::vnni::NP_YMM,
+        Kernel::Avx512Vnni => super::vnni::NP_ZMM,
+        _ => 1,
     }
 }
 
@@ -73,6 +97,7 @@ pub(crate) fn pack_a(kernel: Kernel, a: &[u8], m: usize, k: usize, za: u8) -> Pa
                 let dst = &mut buf[b * per_block + r * 4..(b + 1) * per_block];
                 let src = &a[row * k..(row + 1) * k];
                 let s = match kernel {
+                    // SAFETY: an available kernel (resolved by the callers): AVX2 is there.
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2 => unsafe { super::x86::pack_row_i16_avx2(src, dst, mr * 4, za) },
                     _ => pack_row_i16(src, dst, mr * 4, za),
@@ -107,7 +132,42 @@ pub(crate) fn pack_a(kernel: Kernel, a: &[u8], m: usize, k: usize, za: u8) -> Pa
                 block_bytes: per_block,
             }
         }
+        AFormat::U8 | AFormat::U8Pairs => {
+            // U8Pairs rounds K up to whole pairs of quads (8 k)
+            let per_block = match fmt {
+                AFormat::U8 => per_block,
+                _ => kq.div_ceil(2) * 8 * mr,
+            };
+            let mut buf = vec![0u8; blocks * per_block];
+            for row in 0..m {
+                let (b, r) = (row / mr, row % mr);
+                let dst = &mut buf[b * per_block..(b + 1) * per_block];
+                let src = &a[row * k..(row + 1) * k];
+                rowsum[row] = pack_row_u8(fmt, src, dst, mr, r) - kza;
+            }
+            PackedA {
+                buf: ABuf::U8(buf),
+                rowsum,
+                block_bytes: per_block,
+            }
+        }
     }
+}
+
+/// Row `r` of a block of `mr` rows into the U8 / U8Pairs layouts (`dst`: the block). Returns
+/// the sum of the row's u8 values.
+pub(crate) fn pack_row_u8(fmt: AFormat, src: &[u8], dst: &mut [u8], mr: usize, r: usize) -> i32 {
+    let mut s = 0i32;
+    for (q, chunk) in src.chunks(4).enumerate() {
+        let at = match fmt {
+            AFormat::U8 => (q * mr + r) * 4,
+            // [q / 2][r / 2][r % 2][q % 2][4]
+            _ => ((q / 2 * mr + r / 2 * 2 + r % 2) * 2 + q % 2) * 4,
+        };
+        dst[at..at + chunk.len()].copy_from_slice(chunk);
+        s += chunk.iter().map(|&x| x as i32).sum::<i32>();
+    }
+    s
 }
 
 /// One row into the i16 `a - za` layout: k-quad `q` of the row goes to `dst[q * stride..][..4]`.
@@ -152,7 +212,10 @@ pub(crate) struct Job<'a> {
     pub out: Out,
 }
 
+// SAFETY: the raw pointers are read-only inputs (A, W, scale, bias) that outlive the job, and
+// the output, which threads share only through disjoint column ranges (`execute`).
 unsafe impl Send for Job<'_> {}
+// SAFETY: as for `Send`: shared use reads the inputs and writes disjoint output columns.
 unsafe impl Sync for Job<'_> {}
 
 /// Panels of W per L2 block (the block stays in L2 while the row blocks of A, each small
@@ -162,33 +225,53 @@ fn panels_per_chunk(kq: usize) -> usize {
     (budget / (kq * QUAD_BYTES).max(1)).max(1)
 }
 
-/// The generic driver over column panels `[p0, p1)`; `tile(a, w, kq, out, rows)` writes the
-/// raw `MR x 8` sums row-major into `out` (only the first `rows` rows need to be computed).
-/// Inlined into each kernel's `target_feature` wrapper so that the epilogue is compiled for
-/// that kernel's features. Loop order: W chunk (L2) / row block (L1) / panel, so each row
-/// block's output is written in contiguous runs.
+/// The generic driver over column panels `[p0, p1)`; `tile(a, w, kq, out, rows, np)` writes
+/// the raw sums of `MR` rows x `np` panels (`1 <= np <= NP`; panel `i` at `w + i * kq * 32`)
+/// into `out`, row-major with a row stride of `NP * 8` (only the first `rows` rows need to be
+/// computed). Inlined into each kernel's `target_feature` wrapper so that the epilogue is
+/// compiled for that kernel's features. Loop order: W chunk (L2) / row block (L1) / panel
+/// group, so each row block's output is written in contiguous runs.
+///
+/// # Safety
+/// `job` must describe valid buffers (see [`Job`]), `p0 <= p1 <= panels`, and `tile` must only
+/// read A rows of its block and the `np` panels it is given, and write `MR x NP x 8` values.
 #[inline(always)]
-pub(crate) unsafe fn drive<const MR: usize, F: Fn(*const u8, *const u8, usize, *mut i32, usize)>(
+pub(crate) unsafe fn drive<
+    const MR: usize,
+    const NP: usize,
+    F: Fn(*const u8, *const u8, usize, *mut i32, usize, usize),
+>(
     job: &Job,
     p0: usize,
     p1: usize,
     tile: F,
 ) {
-    let chunk = panels_per_chunk(job.kq);
-    let mut t = [[0i32; NR]; MR];
+    let chunk = panels_per_chunk(job.kq).div_ceil(NP) * NP;
+    // MR x NP x 8, NP <= 4 (a fixed-size buffer: no allocation per call)
+    let mut t = [[0i32; 4 * NR]; MR];
+    debug_assert!(NP <= 4);
     let mut pc0 = p0;
     while pc0 < p1 {
         let pc1 = (pc0 + chunk).min(p1);
         let mut mb = 0;
         while mb < job.m {
             let rows = (job.m - mb).min(MR);
-            let a = job.a.add(mb / MR * job.block_bytes);
-            for p in pc0..pc1 {
-                let w = job.w.add(p * job.kq * QUAD_BYTES);
-                let n0 = p * NR;
-                let cols = (job.n - n0).min(NR);
-                tile(a, w, job.kq, t.as_mut_ptr() as *mut i32, rows);
-                store::<MR>(job, &t, mb, rows, n0, cols);
+            // SAFETY: block mb / MR of the packed A exists (mb < m; blocks = ceil(m / MR)).
+            let a = unsafe { job.a.add(mb / MR * job.block_bytes) };
+            let mut p = pc0;
+            while p < pc1 {
+                let np = (pc1 - p).min(NP);
+                // SAFETY: panel p < panels, so its kq * 32 bytes are inside the packed data.
+                let w = unsafe { job.w.add(p * job.kq * QUAD_BYTES) };
+                tile(a, w, job.kq, t.as_mut_ptr() as *mut i32, rows, np);
+                for i in 0..np {
+                    let n0 = (p + i) * NR;
+                    let cols = (job.n - n0).min(NR);
+                    // SAFETY: rows mb..mb + rows < m and columns n0..n0 + cols < n are inside
+                    // the output; this call's column range is written by no other thread.
+                    unsafe { store::<MR>(job, &t, i * NR, mb, rows, n0, cols) };
+                }
+                p += np;
             }
             mb += MR;
         }
@@ -196,11 +279,17 @@ pub(crate) unsafe fn drive<const MR: usize, F: Fn(*const u8, *const u8, usize, *
     }
 }
 
+/// Writes rows `m0..m0 + rows`, columns `n0..n0 + cols` of the output from the raw sums
+/// `t[r][c0..c0 + 8]` with the zero-point compensation and the epilogue.
+///
+/// # Safety
+/// The output pointers of `job` must be valid for those rows and columns.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)]
+#[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 unsafe fn store<const MR: usize>(
     job: &Job,
-    t: &[[i32; NR]; MR],
+    t: &[[i32; 4 * NR]; MR],
+    c0: usize,
     m0: usize,
     rows: usize,
     n0: usize,
@@ -211,47 +300,77 @@ unsafe fn store<const MR: usize>(
     for r in 0..rows {
         let m = m0 + r;
         let rs = job.rowsum[m];
+        let raw: &[i32; NR] = t[r][c0..c0 + NR].try_into().unwrap();
         let mut v = [0i32; NR];
         if job.zp_zero {
             for j in 0..NR {
-                v[j] = t[r][j].wrapping_add(colterm[j]);
+                v[j] = raw[j].wrapping_add(colterm[j]);
             }
         } else {
             for j in 0..NR {
-                v[j] = t[r][j]
+                v[j] = raw[j]
                     .wrapping_add(colterm[j])
                     .wrapping_sub(zp[j].wrapping_mul(rs));
             }
         }
         match job.out {
             Out::I32(c) => {
-                let dst = c.add(m * job.n + n0);
-                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, cols);
+                // SAFETY: the caller guarantees row m, columns n0..n0 + cols of C.
+                unsafe {
+                    let dst = c.add(m * job.n + n0);
+                    std::ptr::copy_nonoverlapping(v.as_ptr(), dst, cols);
+                }
             }
             Out::F32 { y, scale, bias } => {
-                let s = &*(scale.add(n0) as *const [f32; NR]);
+                // SAFETY: see `job_slice`.
+                let s: &[f32; NR] = unsafe { job_slice(scale, n0) };
                 let mut f = [0f32; NR];
                 for j in 0..NR {
                     f[j] = v[j] as f32 * s[j];
                 }
                 if let Some(b) = bias {
-                    let b = &*(b.add(n0) as *const [f32; NR]);
+                    // SAFETY: see `job_slice`.
+                    let b: &[f32; NR] = unsafe { job_slice(b, n0) };
                     for j in 0..NR {
                         f[j] += b[j];
                     }
                 }
-                let dst = y.add(m * job.n + n0);
-                std::ptr::copy_nonoverlapping(f.as_ptr(), dst, cols);
+                // SAFETY: the caller guarantees row m, columns n0..n0 + cols of Y.
+                unsafe {
+                    let dst = y.add(m * job.n + n0);
+                    std::ptr::copy_nonoverlapping(f.as_ptr(), dst, cols);
+                }
             }
         }
     }
 }
 
+/// The 8 values at `p + n0` of a scale or bias vector padded to whole panels.
+///
+/// # Safety
+/// `p` must be a job's scale or bias pointer: padded to `panels * 8` values (`run_f32`), alive
+/// for the job, and `n0` the first column of a panel.
+#[inline(always)]
+unsafe fn job_slice<'a>(p: *const f32, n0: usize) -> &'a [f32; NR] {
+    // SAFETY: the caller guarantees that the 8 values exist and outlive the use.
+    unsafe { &*(p.add(n0) as *const [f32; NR]) }
+}
+
 /// Portable tile: MR = 4, A = i16 `a - za`.
+///
+/// # Safety
+/// `a` must point at `kq * 16` i16 values (one packed block), `w` at `kq * 32` bytes (one
+/// panel) and `out` at `4 x 32` writable i32 (the driver's tile buffer).
 pub(crate) unsafe fn tile_scalar(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
     const MR: usize = 4;
-    let a = std::slice::from_raw_parts(a as *const i16, kq * MR * 4);
-    let w = std::slice::from_raw_parts(w as *const i8, kq * QUAD_BYTES);
+    // SAFETY: the caller guarantees both extents; the packed A buffer is a Vec<i16>, so `a`
+    // is aligned for i16.
+    let (a, w) = unsafe {
+        (
+            std::slice::from_raw_parts(a as *const i16, kq * MR * 4),
+            std::slice::from_raw_parts(w as *const i8, kq * QUAD_BYTES),
+        )
+    };
     let mut acc = [[0i32; NR]; MR];
     for q in 0..kq {
         let wq = &w[q * QUAD_BYTES..(q + 1) * QUAD_BYTES];
@@ -267,33 +386,52 @@ pub(crate) unsafe fn tile_scalar(a: *const u8, w: *const u8, kq: usize, out: *mu
             }
         }
     }
-    std::ptr::copy_nonoverlapping(acc.as_ptr() as *const i32, out, MR * NR);
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: row r of the driver's buffer (row stride 4 * NR) is writable.
+        unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(r * 4 * NR), NR) };
+    }
 }
 
+/// # Safety
+/// As [`drive`].
 unsafe fn run_scalar(job: &Job, p0: usize, p1: usize) {
-    drive::<4, _>(job, p0, p1, |a, w, kq, o, _| tile_scalar(a, w, kq, o))
+    // SAFETY: the driver hands the tile one packed block, one panel and its tile buffer.
+    unsafe { drive::<4, 1, _>(job, p0, p1, |a, w, kq, o, _, _| tile_scalar(a, w, kq, o)) }
 }
 
-fn runner(kernel: Kernel) -> unsafe fn(&Job, usize, usize) {
+/// A kernel's GEMM over panels `[p0, p1)` of a job.
+pub(crate) type Runner = unsafe fn(&Job, usize, usize);
+
+/// The runner of an available kernel.
+fn runner(kernel: Kernel) -> Runner {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => super::x86::run_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::AvxVnni => super::x86::run_avxvnni,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => super::x86::run_avx512vnni,
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => super::arm::run_neon,
         #[cfg(target_arch = "aarch64")]
         Kernel::Dotprod => super::arm::run_dotprod,
+        #[cfg(target_arch = "aarch64")]
+        Kernel::I8mm => super::arm::run_i8mm,
         _ => run_scalar,
     }
 }
 
-/// Smallest share of a matmul worth a thread of its own.
+/// Smallest share of a matmul worth a thread of its own (~40 us of AVX2 work): waking a pool
+/// thread costs microseconds on an idle host, but on a busy one a helper that is descheduled
+/// with a claimed task makes the caller wait; at 0.5M MACs two threads were slower than one
+/// on the shared dev host (8 x 256 x 1024).
 pub(crate) const MIN_MACS_PER_THREAD: usize = 2 << 20;
 
-/// Runs the job over all panels, split over up to `threads` threads (1 = on the calling
-/// thread; fewer when the matmul is too small to pay for the spawns).
-fn execute(kernel: Kernel, job: &Job, panels: usize, threads: usize) {
-    let run = runner(kernel);
-    // a spawned thread costs tens of microseconds: give each at least ~2M MACs (~30 us)
+/// Runs the job over all panels with `run`, split over up to `threads` threads of the pool
+/// (1 = on the calling thread; fewer when the matmul is too small to pay for the wake-ups).
+/// Column ranges are whole tiles of `np` panels; there are about twice as many ranges as
+/// threads so that a thread that starts late (busy host) takes fewer.
+fn execute(run: Runner, np: usize, job: &Job, panels: usize, threads: usize) {
     let macs = job.m * job.kq * 4 * job.n;
     // (unit tests split even tiny matmuls, to exercise the threaded path)
     let useful = if cfg!(test) {
@@ -301,20 +439,22 @@ fn execute(kernel: Kernel, job: &Job, panels: usize, threads: usize) {
     } else {
         macs / MIN_MACS_PER_THREAD
     };
-    let threads = threads.min(useful).clamp(1, panels.max(1));
+    let groups = panels.div_ceil(np);
+    let threads = threads.min(useful).clamp(1, groups.max(1));
     if threads == 1 {
+        // SAFETY: the job's buffers are valid for all panels (built by the callers below).
         unsafe { run(job, 0, panels) };
         return;
     }
-    let per = panels.div_ceil(threads);
-    std::thread::scope(|s| {
-        let mut p0 = per;
-        while p0 < panels {
-            let p1 = (p0 + per).min(panels);
-            s.spawn(move || unsafe { run(job, p0, p1) });
-            p0 = p1;
-        }
-        unsafe { run(job, 0, per.min(panels)) };
+    let tasks = (2 * threads).min(groups);
+    let per = groups.div_ceil(tasks) * np;
+    let tasks = panels.div_ceil(per);
+    super::pool::Pool::global().run(tasks, threads, |i| {
+        let p0 = i * per;
+        let p1 = (p0 + per).min(panels);
+        // SAFETY: as above; tasks cover disjoint column ranges, so no two threads write the
+        // same output element, and the job outlives `run` (which waits for every task).
+        unsafe { run(job, p0, p1) }
     });
 }
 
@@ -346,6 +486,7 @@ fn colterm_for(kernel: Kernel, za: u8, w: &PackedWeights) -> Vec<i32> {
     let off = match config(kernel).1 {
         AFormat::I16MinusZa => 0,
         AFormat::I8Shifted => 128 - za as i32,
+        AFormat::U8 | AFormat::U8Pairs => -(za as i32),
     };
     w.colsum().iter().map(|c| c.wrapping_mul(off)).collect()
 }
@@ -372,6 +513,7 @@ pub fn qgemm_i32(
         return;
     }
     let (kernel, pa, colterm) = prepare(kernel, a, m, za, w);
+    let (run, np) = (runner(kernel), panels_per_tile(kernel));
     let job = Job {
         a: pa.buf.ptr(),
         block_bytes: pa.block_bytes,
@@ -385,7 +527,7 @@ pub fn qgemm_i32(
         zp_zero: w.zero_points_all_zero(),
         out: Out::I32(c.as_mut_ptr()),
     };
-    execute(kernel, &job, w.panels(), threads);
+    execute(run, np, &job, w.panels(), threads);
 }
 
 /// Quantized GEMM with the f32 epilogue:
@@ -475,7 +617,13 @@ fn run_f32(
             bias: bias.as_ref().map(|b| b.as_ptr()),
         },
     };
-    execute(kernel, &job, w.panels(), threads);
+    execute(
+        runner(kernel),
+        panels_per_tile(kernel),
+        &job,
+        w.panels(),
+        threads,
+    );
 }
 
 /// The whole fused op on f32 activations `x` `[M, K]`: `DynamicQuantizeLinear`, then
@@ -515,12 +663,56 @@ pub fn quantized_matmul_f32(
 /// tensor); the others quantize to u8, then pack.
 fn quantize_pack_a(kernel: Kernel, x: &[f32], m: usize, k: usize, p: QuantParams) -> PackedA {
     match kernel {
+        // SAFETY: an available kernel (resolved by the caller): AVX2 is there.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { super::x86::quantize_pack_a_avx2(x, m, k, p) },
+        // SAFETY: an available kernel (resolved by the caller): AVX2 is there.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::AvxVnni | Kernel::Avx512Vnni => unsafe {
+            super::x86::quantize_pack_a_u8_avx2(x, m, k, p, config(kernel).0)
+        },
         _ => {
             let mut q = vec![0u8; x.len()];
             quantize::quantize(kernel, x, p, &mut q);
             pack_a(kernel, &q, m, k, p.zero_point)
         }
     }
+}
+
+/// [`qgemm_i32`] with the A layout of `layout` (available here or not) and a given runner:
+/// the tests run the VNNI tile with an emulated instruction through this.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn qgemm_i32_with_runner(
+    layout: Kernel,
+    run: Runner,
+    np: usize,
+    a: &[u8],
+    m: usize,
+    za: u8,
+    w: &PackedWeights,
+    c: &mut [i32],
+    threads: usize,
+) {
+    check_a(a, m, w);
+    assert_eq!(c.len(), m * w.n());
+    if m == 0 {
+        return;
+    }
+    let pa = pack_a(layout, a, m, w.k(), za);
+    let colterm = colterm_for(layout, za, w);
+    let job = Job {
+        a: pa.buf.ptr(),
+        block_bytes: pa.block_bytes,
+        m,
+        n: w.n(),
+        kq: w.kq(),
+        w: w.data().as_ptr(),
+        rowsum: &pa.rowsum,
+        colterm: &colterm,
+        zp: w.zero_points(),
+        zp_zero: w.zero_points_all_zero(),
+        out: Out::I32(c.as_mut_ptr()),
+    };
+    execute(run, np, &job, w.panels(), threads);
 }

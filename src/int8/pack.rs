@@ -34,6 +34,9 @@
 //! the zero point also moves by -128, so `w - zw` is unchanged). The column sums are what the
 //! kernels that shift activations to i8 (`a - 128`, NEON) need to compensate exactly.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::sync::Arc;
 
 /// `b"EEQW"`.

@@ -11,6 +11,8 @@
 //! `zp = 0`, `q = 0` (ONNX's formula divides by zero there; tract gives the same result).
 //! A NaN element quantizes to `zp`. Infinite inputs give an infinite scale and `q = zp`.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 // `!(scale > 0.0)` on purpose: NaN scales take the zero branch.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
@@ -71,10 +73,15 @@ pub fn dynamic_quantize_linear_with(kernel: Kernel, x: &[f32], q: &mut [u8]) -> 
 /// Min and max of `x` together with 0 (NaNs ignored).
 pub(crate) fn min_max(kernel: Kernel, x: &[f32]) -> (f32, f32) {
     match kernel {
+        // SAFETY: `kernel` is available (resolved by the callers), and each of these kernels
+        // requires AVX2.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { super::x86::min_max_avx2(x) },
+        Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni => unsafe {
+            super::x86::min_max_avx2(x)
+        },
+        // SAFETY: available kernel, each requires NEON.
         #[cfg(target_arch = "aarch64")]
-        Kernel::Neon | Kernel::Dotprod => unsafe { super::arm::min_max_neon(x) },
+        Kernel::Neon | Kernel::Dotprod | Kernel::I8mm => unsafe { super::arm::min_max_neon(x) },
         _ => min_max_scalar(x),
     }
 }
@@ -87,10 +94,17 @@ pub(crate) fn quantize(kernel: Kernel, x: &[f32], p: QuantParams, q: &mut [u8]) 
         return;
     }
     match kernel {
+        // SAFETY: available kernel (resolved by the callers), each requires AVX2; `x` and `q`
+        // have the same length (asserted above) and scale > 0.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { super::x86::quantize_avx2(x, p, q) },
+        Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni => unsafe {
+            super::x86::quantize_avx2(x, p, q)
+        },
+        // SAFETY: available kernel, each requires NEON; same lengths, scale > 0.
         #[cfg(target_arch = "aarch64")]
-        Kernel::Neon | Kernel::Dotprod => unsafe { super::arm::quantize_neon(x, p, q) },
+        Kernel::Neon | Kernel::Dotprod | Kernel::I8mm => unsafe {
+            super::arm::quantize_neon(x, p, q)
+        },
         _ => quantize_scalar(x, p, q),
     }
 }

@@ -30,6 +30,9 @@
 //! [`Sidecar::fingerprint`]), and a blob whose shape, signedness, zero points or first k-quad
 //! of every panel differ from the model's weights (checked when fusing).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;

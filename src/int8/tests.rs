@@ -1,11 +1,36 @@
-//! Exact tests of every kernel available on the running CPU against naive references.
-//! On aarch64 run them under qemu with `-cpu cortex-a72` (NEON baseline) and `-cpu max`
-//! (dotprod); the kernels that ran are printed (`--nocapture`).
+//! Exact tests of every kernel available on the running CPU against naive references, plus
+//! the VNNI tile with an emulated `vpdpbusd` (runs everywhere: it checks the tile's indexing
+//! and the driver bit for bit; the real instruction only runs where the CPU has it).
+//!
+//! A kernel of this architecture that the CPU lacks is reported once per test process on
+//! stderr, uncaptured: `SKIPPED <kernel>: this CPU lacks <features>`. Set
+//! `ELECTRA_EDGE_REQUIRE_KERNELS=avx512vnni,avxvnni,...` (or `all`: every kernel of this
+//! architecture) to make a missing kernel a failure instead. On aarch64 run the tests under
+//! qemu with `-cpu cortex-a72` (NEON baseline) and `-cpu max` (dotprod, i8mm), see
+//! `.ci/aarch64.sh`.
 
+use super::gemm::{qgemm_i32_with_runner, Runner};
 use super::pack::{pack_weights_bytes, MAX_K};
 use super::quantize::{min_max_scalar, quantize_scalar};
 use super::*;
 use std::sync::Arc;
+
+/// Env var: comma-separated kernels that must be available (`all`: all of this architecture).
+const REQUIRE_ENV: &str = "ELECTRA_EDGE_REQUIRE_KERNELS";
+
+/// The kernels built for this architecture.
+fn kernels_of_this_arch() -> Vec<Kernel> {
+    let arch: &[Kernel] = if cfg!(target_arch = "x86_64") {
+        &[Kernel::Avx2, Kernel::AvxVnni, Kernel::Avx512Vnni]
+    } else if cfg!(target_arch = "aarch64") {
+        &[Kernel::Neon, Kernel::Dotprod, Kernel::I8mm]
+    } else {
+        &[]
+    };
+    std::iter::once(Kernel::Scalar)
+        .chain(arch.iter().copied())
+        .collect()
+}
 
 struct XorShift(u64);
 impl XorShift {
@@ -35,13 +60,99 @@ impl XorShift {
     }
 }
 
+/// The kernels available here. Reports the missing ones once (uncaptured stderr) and fails
+/// when `ELECTRA_EDGE_REQUIRE_KERNELS` names one of them.
 fn kernels() -> Vec<Kernel> {
-    let ks: Vec<Kernel> = Kernel::ALL
-        .into_iter()
-        .filter(|k| k.is_available())
-        .collect();
-    eprintln!("int8 kernels under test: {ks:?}");
+    static REPORT: std::sync::Once = std::sync::Once::new();
+    let all = kernels_of_this_arch();
+    let (ks, missing): (Vec<Kernel>, Vec<Kernel>) = all.iter().partition(|k| k.is_available());
+    REPORT.call_once(|| {
+        use std::io::Write;
+        let mut msg = format!("int8 kernels under test: {ks:?}\n");
+        for k in &missing {
+            msg += &format!("SKIPPED {k}: this CPU lacks {}\n", k.features());
+        }
+        // io::stderr() directly: libtest captures eprintln! of passing tests, not this
+        let _ = std::io::stderr().write_all(msg.as_bytes());
+    });
+    let required = std::env::var(REQUIRE_ENV).unwrap_or_default();
+    for name in required.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let want: Vec<Kernel> = if name.eq_ignore_ascii_case("all") {
+            all.clone()
+        } else {
+            match Kernel::parse(name) {
+                Some(k) => vec![k],
+                None => panic!("{REQUIRE_ENV}: unknown kernel {name:?}"),
+            }
+        };
+        for k in want {
+            assert!(
+                k.is_available(),
+                "{REQUIRE_ENV}={required}: kernel {k} is required but this CPU lacks {}",
+                k.features()
+            );
+        }
+    }
     ks
+}
+
+/// A GEMM implementation under test: a real kernel, or the VNNI tile with an emulated
+/// instruction in the layout of the named kernel.
+#[derive(Clone, Copy)]
+enum Impl {
+    Real(Kernel),
+    Emulated {
+        name: &'static str,
+        layout: Kernel,
+        run: Runner,
+        np: usize,
+    },
+}
+
+impl std::fmt::Display for Impl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Impl::Real(k) => write!(f, "{k}"),
+            Impl::Emulated { name, .. } => f.write_str(name),
+        }
+    }
+}
+
+/// Every available kernel plus the emulated VNNI tiles (ymm and zmm).
+fn impls() -> Vec<Impl> {
+    use super::vnni::{emulated, NP_YMM, NP_ZMM};
+    let mut v: Vec<Impl> = kernels().into_iter().map(Impl::Real).collect();
+    v.push(Impl::Emulated {
+        name: "avxvnni-emulated",
+        layout: Kernel::AvxVnni,
+        run: emulated::run_ymm,
+        np: NP_YMM,
+    });
+    v.push(Impl::Emulated {
+        name: "avx512vnni-emulated",
+        layout: Kernel::Avx512Vnni,
+        run: emulated::run_zmm,
+        np: NP_ZMM,
+    });
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_i32(
+    imp: Impl,
+    a: &[u8],
+    m: usize,
+    za: u8,
+    w: &PackedWeights,
+    c: &mut [i32],
+    threads: usize,
+) {
+    match imp {
+        Impl::Real(k) => qgemm_i32(k, a, m, za, w, c, threads),
+        Impl::Emulated {
+            layout, run, np, ..
+        } => qgemm_i32_with_runner(layout, run, np, a, m, za, w, c, threads),
+    }
 }
 
 /// Naive i64 reference of `sum_k (a - za) * (w - zw[n])` from the unpacked inputs.
@@ -83,7 +194,7 @@ fn reference(
 
 #[allow(clippy::too_many_arguments)]
 fn check_case(
-    kernel: Kernel,
+    kernel: Impl,
     m: usize,
     k: usize,
     n: usize,
@@ -97,7 +208,7 @@ fn check_case(
     let packed = pack_weights(w, signed, k, n, zp);
     let want = reference(a, m, k, za, w, signed, n, zp);
     let mut c = vec![i32::MIN; m * n];
-    qgemm_i32(kernel, a, m, za, &packed, &mut c, threads);
+    gemm_i32(kernel, a, m, za, &packed, &mut c, threads);
     for (idx, (&got, &exp)) in c.iter().zip(&want).enumerate() {
         assert!(exp.abs() < i32::MAX as i64);
         assert_eq!(
@@ -116,7 +227,7 @@ const ODD: [usize; 8] = [1, 2, 3, 7, 8, 17, 33, 65];
 #[test]
 fn gemm_odd_shapes_exact() {
     let mut rng = XorShift::new(1);
-    for kernel in kernels() {
+    for kernel in impls() {
         for &m in &ODD {
             for &k in &ODD {
                 for &n in &ODD {
@@ -139,7 +250,7 @@ fn gemm_odd_shapes_exact() {
 #[test]
 fn gemm_random_shapes_exact() {
     let mut rng = XorShift::new(2);
-    for kernel in kernels() {
+    for kernel in impls() {
         for _ in 0..40 {
             let (m, k, n) = (1 + rng.below(140), 1 + rng.below(600), 1 + rng.below(150));
             let signed = rng.below(2) == 0;
@@ -168,7 +279,7 @@ fn gemm_random_shapes_exact() {
 
 #[test]
 fn gemm_extremes_exact() {
-    for kernel in kernels() {
+    for kernel in impls() {
         for &(m, k, n) in &[
             (7, 1024, 17),
             (13, 3071, 9),
@@ -269,7 +380,7 @@ fn gemm_extremes_exact() {
 fn gemm_largest_k_no_overflow() {
     // 255 * 255 * MAX_K < 2^31: the exact result is the largest that fits.
     let (m, k, n) = (3, MAX_K, 9);
-    for kernel in kernels() {
+    for kernel in impls() {
         check_case(
             kernel,
             m,
@@ -316,9 +427,9 @@ fn packed_weights_round_trip_and_shared() {
     assert!(p.is_shared() && p.from_u8());
     assert_eq!(p.as_bytes(), &bytes[..]);
     let want = reference(&a, m, k, 7, &w, false, n, &zp);
-    for kernel in kernels() {
+    for kernel in impls() {
         let mut c = vec![0i32; m * n];
-        qgemm_i32(kernel, &a, m, 7, &p, &mut c, 1);
+        gemm_i32(kernel, &a, m, 7, &p, &mut c, 1);
         assert!(
             c.iter().zip(&want).all(|(&x, &y)| x as i64 == y),
             "{kernel}"
@@ -569,11 +680,70 @@ fn kernel_names_and_dispatch() {
     assert!(Kernel::best().is_available());
     assert!(Kernel::default_choice().is_available());
     #[cfg(target_arch = "x86_64")]
-    assert!(!Kernel::Neon.is_available() && !Kernel::Dotprod.is_available());
+    assert!([Kernel::Neon, Kernel::Dotprod, Kernel::I8mm]
+        .iter()
+        .all(|k| !k.is_available()));
     #[cfg(target_arch = "aarch64")]
-    assert!(!Kernel::Avx2.is_available() && Kernel::Neon.is_available());
+    assert!(
+        [Kernel::Avx2, Kernel::AvxVnni, Kernel::Avx512Vnni]
+            .iter()
+            .all(|k| !k.is_available())
+            && Kernel::Neon.is_available()
+    );
+    // the best kernel is the last available one of this architecture's list
+    let best = kernels_of_this_arch()
+        .into_iter()
+        .rfind(|k| k.is_available());
+    assert_eq!(Some(Kernel::best()), best);
     // an unavailable kernel is never run: it resolves to the default
     for k in Kernel::ALL {
         assert!(Kernel::resolve(Some(k)).is_available());
+    }
+}
+
+/// The fused AVX2 quantize-into-VNNI-layout step equals quantize + pack (it runs wherever AVX2
+/// does, VNNI or not).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn quantize_pack_a_u8_matches_quantize_then_pack() {
+    if !Kernel::Avx2.is_available() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED quantize_pack_a_u8_avx2: this CPU lacks {}",
+            Kernel::Avx2.features()
+        );
+        return;
+    }
+    let mut rng = XorShift::new(7);
+    for layout in [Kernel::AvxVnni, Kernel::Avx512Vnni] {
+        let mr = super::gemm::config(layout).0;
+        for &(m, k, lo, hi) in &[
+            (1, 1, -1.0f32, 1.0f32),
+            (7, 33, -3.0, 5.0),
+            (13, 256, -0.5, 9.0),
+            (9, 17, 0.0, 0.0),
+            (17, 100, -7.0, -1.0),
+        ] {
+            let mut x: Vec<f32> = (0..m * k).map(|_| rng.f32(lo, hi)).collect();
+            if x.len() > 5 {
+                x[5] = f32::NAN;
+            }
+            let (mn, mx) = min_max_scalar(&x);
+            let p = QuantParams::from_min_max(mn, mx);
+            let mut q = vec![0u8; m * k];
+            quantize::quantize(Kernel::Scalar, &x, p, &mut q);
+            let want = super::gemm::pack_a(layout, &q, m, k, p.zero_point);
+            // SAFETY: AVX2 is available (checked above).
+            let got = unsafe { super::x86::quantize_pack_a_u8_avx2(&x, m, k, p, mr) };
+            assert_eq!(got.rowsum, want.rowsum, "{layout} {m}x{k}");
+            assert_eq!(got.block_bytes, want.block_bytes);
+            match (&got.buf, &want.buf) {
+                (super::gemm::ABuf::U8(g), super::gemm::ABuf::U8(w)) => {
+                    assert_eq!(g, w, "{layout} {m}x{k}")
+                }
+                _ => panic!("{layout}: not the U8 layout"),
+            }
+        }
     }
 }
