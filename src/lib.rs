@@ -16,6 +16,7 @@
 //! - [`selfcheck`]: golden outputs from `manifest.json` checked before serving.
 //! - [`run`]: the stdin/stdout loop behind `electra-edge run`.
 //! - [`int8`]: our fused quantized matmul and its kernels (the fast int8 path).
+//! - [`ops`]: our transformer ops (attention) and their graph rewrite; the loader's panic guard.
 //! - [`server`]: the Unix socket service behind `electra-edge serve`.
 //! - [`cputime`]: thread and process CPU clocks for benchmarks and timing tests.
 //! - [`systemd`]: sd_notify, socket activation and watchdog, without libsystemd.
@@ -26,6 +27,7 @@ pub mod cputime;
 pub mod engine;
 pub mod int8;
 pub mod model;
+pub mod ops;
 pub mod protocol;
 pub mod run;
 pub mod selfcheck;

@@ -515,9 +515,10 @@ fn parse_typed(
 ) -> Result<(TypedModel, Vec<InputKind>)> {
     let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
     onnx.provider = Arc::new(MapResolver(map));
-    let parsed = onnx
-        .parse(proto, model_dir(path))
-        .map_err(|e| anyhow!("{}: tract cannot read the graph: {e:#}", path.display()))?;
+    let parsed = crate::ops::guard::catch_tract("tract cannot read the graph", || {
+        onnx.parse(proto, model_dir(path))
+    })
+    .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     if !parsed.unresolved_inputs.is_empty() {
         bail!(
             "{}: unresolved graph inputs {:?}",
@@ -530,9 +531,8 @@ fn parse_typed(
     if let Some(name) = output {
         Model::select_output(&mut model, name).with_context(|| path.display().to_string())?;
     }
-    let typed = model
-        .into_typed()
-        .map_err(|e| anyhow!("{}: cannot type the graph: {e:#}", path.display()))?;
+    let typed =
+        crate::ops::guard::into_typed(model).map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     Ok((typed, inputs))
 }
 
@@ -613,6 +613,12 @@ impl Model {
                 sidecar.as_ref().map(|(_, s)| s),
             )
             .map_err(|e| anyhow!("{}: int8 fusion failed: {e:#}", path.display()))?;
+            let ops_opts = crate::ops::OpsOptions {
+                kernel: None,
+                threads: fuse_opts.threads,
+            };
+            crate::ops::fuse_transformer_ops(&mut typed, &ops_opts)
+                .map_err(|e| anyhow!("{}: attention fusion failed: {e:#}", path.display()))?;
             info.fused = report.fused;
             info.mapped = report.from_sidecar;
             if report.from_sidecar > 0 {
@@ -658,9 +664,9 @@ impl Model {
             let fact = typed.outlet_fact(typed.output_outlets()?[0])?;
             fact.shape.len() >= 2 && !fact.shape[1].symbols().is_empty()
         };
-        let optimized = typed
-            .into_optimized()
-            .map_err(|e| anyhow!("{}: cannot optimize the graph: {e:#}", path.display()))?;
+        let optimized =
+            crate::ops::guard::catch_tract("cannot optimize the graph", || typed.into_optimized())
+                .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
         lap("optimize");
         let plan = optimized.into_runnable()?;
         lap("plan");
