@@ -69,15 +69,20 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 }
 
 /// `e^x` for `x <= 0` (the softmax's `x - max`), Cephes' polynomial on a Cody-Waite reduced
-/// argument; straight-line arithmetic the compiler vectorises. Below `ln(f32::MIN_POSITIVE)`
-/// it returns ~1.2e-38 instead of 0 (invisible after the softmax's division by a sum >= 1).
+/// argument; branch-free arithmetic the compiler vectorises (the integer part is rounded with
+/// the 1.5 * 2^23 shifter, whose low mantissa bits then hold it: no float-to-int conversion).
+/// Below `ln(f32::MIN_POSITIVE)` it returns ~1.2e-38 instead of 0 (invisible after the
+/// softmax's division by a sum >= 1).
 #[inline(always)]
 pub(crate) fn exp_neg(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.336_55, 0.0);
-    let n = (x * LOG2E + 0.5).floor();
+    const SHIFTER: f32 = 12_582_912.0;
+    const LO: f32 = -87.336_55;
+    let x = if x < LO { LO } else { x };
+    let t = x * LOG2E + SHIFTER;
+    let n = t - SHIFTER;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -86,7 +91,9 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // t's bits are 0x4B40_0000 + n: the exponent field of 2^n is n + 127
+    let scale = f32::from_bits(t.to_bits().wrapping_add(127u32.wrapping_sub(0x4B40_0000)) << 23);
+    y * scale
 }
 
 /// Shapes of one attention call. Q and the output are `[batch, seq_q, heads * head_dim]`,
@@ -305,17 +312,23 @@ unsafe fn head<const FMA: bool, const FAST_EXP: bool>(
         // rows past the end repeat the last real row (computed, never stored)
         let qr: [&[f32]; ROWS] = std::array::from_fn(|r| q_row(i0 + r.min(rows - 1)));
         // scores = Q K^T for the block
+        let qp: [*const f32; ROWS] = std::array::from_fn(|r| qr[r].as_ptr());
         let mut jc = 0;
         while jc < sp {
             let mut acc = [[0f32; COLS]; ROWS];
+            // raw pointers in the hot loops (no bounds checks, no reloads of slice headers):
+            // `kp` walks K^T's rows `jc..jc + COLS` (sp is a multiple of COLS, kt holds
+            // d * sp values), each `qp[r]` reads `d` values of a Q row (checked above)
+            let mut kp = kt.as_ptr().add(jc);
             for dd in 0..d {
-                let kv: &[f32; COLS] = kt[dd * sp + jc..][..COLS].try_into().unwrap();
+                let kv = &*(kp as *const [f32; COLS]);
                 for r in 0..ROWS {
-                    let x = qr[r][dd];
+                    let x = *qp[r].add(dd);
                     for l in 0..COLS {
                         acc[r][l] = madd::<FMA>(x, kv[l], acc[r][l]);
                     }
                 }
+                kp = kp.add(sp);
             }
             for r in 0..ROWS {
                 sc[r * sp + jc..r * sp + jc + COLS].copy_from_slice(&acc[r]);
@@ -379,14 +392,20 @@ unsafe fn head<const FMA: bool, const FAST_EXP: bool>(
             let w = (d - dc).min(COLS);
             let mut acc = [[0f32; COLS]; ROWS];
             if w == COLS {
+                // `vp` walks V's rows 0..seq_k at columns dc..dc + COLS of this head (inside v:
+                // checked by the caller's size assertions), `pp[r]` the scores row r (sp >= seq_k
+                // values)
+                let pp: [*const f32; ROWS] = std::array::from_fn(|r| sc.as_ptr().add(r * sp));
+                let mut vp = v.as_ptr().add(v_base + dc);
                 for j in 0..seq_k {
-                    let vr: &[f32; COLS] = v[v_base + j * hd + dc..][..COLS].try_into().unwrap();
+                    let vr = &*(vp as *const [f32; COLS]);
                     for r in 0..ROWS {
-                        let p = sc[r * sp + j];
+                        let p = *pp[r].add(j);
                         for l in 0..COLS {
                             acc[r][l] = madd::<FMA>(p, vr[l], acc[r][l]);
                         }
                     }
+                    vp = vp.add(hd);
                 }
             } else {
                 for j in 0..seq_k {
