@@ -291,16 +291,17 @@ fn fuse_gelus(
         };
         let name = format!("{}.gelu", model.node(erf).name);
         let mut patch = TypedModelPatch::new(format!("ops {name}"));
-        let xn = producer(model, m.x);
-        let fold: Option<QMatMul> = xn
+        // folded into the QMatMul in place (same node, same name: the packed-weights
+        // sidecar is keyed by node name), or one Gelu op
+        let folded = model
+            .node(m.x.node)
             .op_as::<QMatMul>()
-            .filter(|q| q.gelu.is_none() && model.outlet_successors(m.x).len() == 2)
-            .cloned();
-        let folded = fold.is_some();
-        let y = if let Some(mut q) = fold {
-            q.gelu = Some(m.div);
-            let input = patch.tap_model(model, xn.inputs[0])?;
-            patch.wire_node(format!("{}.gelu", xn.name), q, &[input])?[0]
+            .is_some_and(|q| q.gelu.is_none() && model.outlet_successors(m.x).len() == 2);
+        let y = if folded {
+            if let Some(q) = model.node_mut(m.x.node).op_as_mut::<QMatMul>() {
+                q.gelu = Some(m.div);
+            }
+            patch.tap_model(model, m.x)?
         } else {
             let x = patch.tap_model(model, m.x)?;
             patch.wire_node(
