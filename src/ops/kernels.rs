@@ -192,7 +192,7 @@ pub fn attention_f32(
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             // SAFETY: `o` points to `out` (length checked above), alive for the whole call;
-            // `head_task` writes only rows of batch `b`, columns of head `h`: disjoint
+            // `run_head` writes only rows of batch `b`, columns of head `h`: disjoint
             // between tasks.
             unsafe {
                 run_head(
@@ -214,6 +214,8 @@ pub fn attention_f32(
     });
 }
 
+/// # Safety
+/// As [`head`]; `kernel` must be available on this CPU (`attention_f32` resolves it).
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_head(
     kernel: OpsKernel,

@@ -63,6 +63,8 @@ impl EvalOp for AddLayerNorm {
                 r.shape()
             );
         }
+        // SAFETY: f32 has no invalid bit patterns, and the kernel writes every element (every
+        // row) before the tensor is read.
         let mut y = unsafe { Tensor::uninitialized::<f32>(shape)? };
         {
             let x = inputs[0].try_as_plain_ram()?;
