@@ -20,6 +20,8 @@
 //!   -> plan, once, with a symbolic sequence length) and run a row of token ids; packed int8
 //!   weights in a memory-mapped sidecar.
 //! - [`int8`]: our fused quantized matmul and its kernels (the fast int8 path).
+//! - [`ops`]: our transformer ops (attention, residual + LayerNorm, GELU) and their graph
+//!   rewrite; the loader's panic guard.
 //! - [`windows`]: overlapping windows for texts longer than the model's positions.
 //! - [`tasks`]: typed answers, one module per task (discriminator scores and flagged spans,
 //!   classification, BIO/BIOES entities, pooled embeddings), output-shape checks, stitching.
@@ -42,6 +44,7 @@ pub mod cputime;
 pub mod engine;
 pub mod int8;
 pub mod model;
+pub mod ops;
 pub mod procfs;
 pub mod selfcheck;
 pub mod tasks;

@@ -39,6 +39,9 @@ pub struct QMatMul {
     pub kernel: Option<Kernel>,
     /// Column split; 1 = on the calling thread.
     pub threads: usize,
+    /// `Some(div)`: torch's erf GELU applied to the output, `y * (erf(y / div) + 1) * 0.5`
+    /// (installed by [`crate::ops::fuse_transformer_ops`]).
+    pub gelu: Option<f32>,
 }
 
 impl PartialEq for QMatMul {
@@ -48,6 +51,7 @@ impl PartialEq for QMatMul {
             && self.bias == other.bias
             && self.kernel == other.kernel
             && self.threads == other.threads
+            && self.gelu == other.gelu
     }
 }
 impl Eq for QMatMul {}
@@ -59,7 +63,7 @@ impl Op for QMatMul {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "K={} N={} weights={} scale={} bias={} kernel={} threads={}",
+            "K={} N={} weights={} scale={} bias={} gelu={} kernel={} threads={}",
             self.weights.k(),
             self.weights.n(),
             if self.weights.from_u8() { "u8" } else { "i8" },
@@ -69,6 +73,7 @@ impl Op for QMatMul {
                 "per-column"
             },
             self.bias.is_some(),
+            self.gelu.is_some(),
             Kernel::resolve(self.kernel),
             self.threads
         )])
@@ -107,6 +112,9 @@ impl EvalOp for QMatMul {
                 ys,
                 self.threads,
             );
+            if let Some(div) = self.gelu {
+                crate::ops::kernels::gelu_f32(crate::ops::OpsKernel::best(), ys, div);
+            }
         }
         Ok(tvec!(y.into_tvalue()))
     }
@@ -225,6 +233,7 @@ pub fn fuse_quantized_matmuls_from(
             bias: chain.bias,
             kernel: opts.kernel,
             threads: opts.threads.max(1),
+            gelu: None,
         };
         let mut patch = TypedModelPatch::new(format!("int8 fuse {name}"));
         let x = patch.tap_model(model, chain.x)?;

@@ -226,9 +226,10 @@ pub(super) fn parse_typed(
 ) -> Result<(TypedModel, Vec<InputKind>)> {
     let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
     onnx.provider = Arc::new(MapResolver(map));
-    let parsed = onnx
-        .parse(proto, model_dir(path))
-        .map_err(|e| anyhow!("{}: tract cannot read the graph: {e:#}", path.display()))?;
+    let parsed = crate::ops::guard::catch_tract("tract cannot read the graph", || {
+        onnx.parse(proto, model_dir(path))
+    })
+    .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     if !parsed.unresolved_inputs.is_empty() {
         bail!(
             "{}: unresolved graph inputs {:?}",
@@ -241,8 +242,7 @@ pub(super) fn parse_typed(
     if let Some(name) = output {
         select_output(&mut model, name).with_context(|| path.display().to_string())?;
     }
-    let typed = model
-        .into_typed()
-        .map_err(|e| anyhow!("{}: cannot type the graph: {e:#}", path.display()))?;
+    let typed =
+        crate::ops::guard::into_typed(model).map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     Ok((typed, inputs))
 }

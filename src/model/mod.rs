@@ -167,14 +167,17 @@ impl Model {
         stages.lap("parse+type");
 
         let weights = if fuse {
-            weights::fuse_int8(
-                &mut typed,
-                path,
-                options.threads,
-                weights,
-                fingerprint,
-                &mut stages,
-            )?
+            let threads = options.threads.max(1);
+            let info =
+                weights::fuse_int8(&mut typed, path, threads, weights, fingerprint, &mut stages)?;
+            let ops_options = crate::ops::OpsOptions {
+                kernel: None,
+                threads,
+            };
+            crate::ops::fuse_transformer_ops(&mut typed, &ops_options)
+                .map_err(|e| anyhow!("{}: attention fusion failed: {e:#}", path.display()))?;
+            stages.lap("ops");
+            info
         } else {
             WeightsInfo::default()
         };
@@ -182,9 +185,9 @@ impl Model {
             let fact = typed.outlet_fact(typed.output_outlets()?[0])?;
             fact.shape.len() >= 2 && !fact.shape[1].symbols().is_empty()
         };
-        let optimized = typed
-            .into_optimized()
-            .map_err(|e| anyhow!("{}: cannot optimize the graph: {e:#}", path.display()))?;
+        let optimized =
+            crate::ops::guard::catch_tract("cannot optimize the graph", || typed.into_optimized())
+                .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
         stages.lap("optimize");
         let plan = optimized.into_runnable()?;
         stages.lap("plan");

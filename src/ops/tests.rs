@@ -1,0 +1,265 @@
+//! Kernel tests on random inputs against the f64 reference.
+
+use super::kernels::{attention_reference, exp_neg};
+use super::*;
+
+/// xorshift64*, uniform in [-1, 1).
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub(crate) fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+        x as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub(crate) fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+/// Prints one line per kernel this CPU cannot run; fails if `ELECTRA_EDGE_REQUIRE_KERNELS`
+/// names it (`simd`).
+pub(crate) fn kernels_here() -> Vec<OpsKernel> {
+    let required = std::env::var("ELECTRA_EDGE_REQUIRE_KERNELS").unwrap_or_default();
+    let mut v = vec![];
+    for k in [OpsKernel::Scalar, OpsKernel::Simd] {
+        if k.is_available() {
+            v.push(k);
+        } else {
+            eprintln!("SKIPPED ops kernel {}: this CPU lacks it", k.name());
+            assert!(
+                !required.split(',').any(|r| r.trim() == "simd"),
+                "ELECTRA_EDGE_REQUIRE_KERNELS asks for the ops simd kernel"
+            );
+        }
+    }
+    v
+}
+
+#[test]
+fn exp_neg_is_accurate() {
+    let mut worst = 0f64;
+    let mut x = -87.0f32;
+    while x <= 0.0 {
+        let want = (x as f64).exp();
+        let got = exp_neg(x) as f64;
+        worst = worst.max(((got - want) / want).abs());
+        x += 0.0137;
+    }
+    assert!(worst < 4e-7, "relative error {worst}");
+    assert!(exp_neg(f32::NEG_INFINITY) < 1.3e-38);
+    assert_eq!(exp_neg(0.0), 1.0);
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_nan() && y.is_nan() {
+                0.0
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(
+            0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
+}
+
+#[test]
+fn attention_matches_reference() {
+    let mut rng = Rng::new(7);
+    let cases = [
+        // batch, seq_q, seq_k, heads, head_dim
+        (1, 1, 1, 1, 1),
+        (1, 3, 3, 2, 8),
+        (1, 7, 7, 4, 64),
+        (2, 5, 9, 3, 20),
+        (1, 33, 33, 2, 32),
+        (1, 130, 130, 4, 64),
+        (1, 17, 40, 1, 16),
+    ];
+    for kernel in kernels_here() {
+        for &(batch, seq_q, seq_k, heads, head_dim) in &cases {
+            let dims = AttnDims {
+                batch,
+                seq_q,
+                seq_k,
+                heads,
+                head_dim,
+            };
+            let hd = heads * head_dim;
+            let q = rng.vec(batch * seq_q * hd, 2.0);
+            let k = rng.vec(batch * seq_k * hd, 2.0);
+            let v = rng.vec(batch * seq_k * hd, 1.0);
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            // masks: none; [B,1,1,Sk] padding-style with -inf; full [B,H,Sq,Sk] finite
+            let pad: Vec<f32> = (0..batch * seq_k)
+                .map(|j| {
+                    if j % seq_k > seq_k.div_ceil(2) {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let full = rng.vec(batch * heads * seq_q * seq_k, 3.0);
+            let masks: Vec<Option<MaskView>> = vec![
+                None,
+                Some(MaskView {
+                    data: &pad,
+                    sb: seq_k,
+                    sh: 0,
+                    si: 0,
+                }),
+                Some(MaskView {
+                    data: &full,
+                    sb: heads * seq_q * seq_k,
+                    sh: seq_q * seq_k,
+                    si: seq_k,
+                }),
+            ];
+            for (mi, mask) in masks.into_iter().enumerate() {
+                let want = attention_reference(&q, &k, &v, mask, dims, scale, true);
+                for threads in [1, 2] {
+                    let mut got = vec![f32::NAN; want.len()];
+                    attention_f32(
+                        kernel, &q, &k, &v, mask, dims, scale, true, &mut got, threads,
+                    );
+                    let d = max_diff(&want, &got);
+                    assert!(
+                        d <= 1e-5,
+                        "{} {dims:?} mask {mi} threads {threads}: max |diff| {d}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Rows whose keys are all masked with -inf: zeros with the NaN guard, NaN without.
+#[test]
+fn fully_masked_rows() {
+    let mut rng = Rng::new(11);
+    let dims = AttnDims {
+        batch: 1,
+        seq_q: 3,
+        seq_k: 5,
+        heads: 2,
+        head_dim: 4,
+    };
+    let (q, k, v) = (rng.vec(24, 1.0), rng.vec(40, 1.0), rng.vec(40, 1.0));
+    // row 1 fully masked, the others not
+    let mut m = vec![0f32; 15];
+    m[5..10].fill(f32::NEG_INFINITY);
+    let mask = Some(MaskView {
+        data: &m,
+        sb: 0,
+        sh: 0,
+        si: 5,
+    });
+    for kernel in kernels_here() {
+        for guard in [true, false] {
+            let want = attention_reference(&q, &k, &v, mask, dims, 0.5, guard);
+            let mut got = vec![0f32; 24];
+            attention_f32(kernel, &q, &k, &v, mask, dims, 0.5, guard, &mut got, 1);
+            assert!(
+                max_diff(&want, &got) <= 1e-6,
+                "{} guard {guard}",
+                kernel.name()
+            );
+            let row1 = &got[8..16];
+            if guard {
+                assert!(row1.iter().all(|&x| x == 0.0));
+            } else {
+                assert!(row1.iter().all(|x| x.is_nan()));
+            }
+            assert!(got[..8].iter().chain(&got[16..]).all(|x| x.is_finite()));
+        }
+    }
+}
+
+#[test]
+fn add_layer_norm_matches_reference() {
+    use super::kernels::add_layer_norm_f32;
+    let mut rng = Rng::new(3);
+    for kernel in kernels_here() {
+        for (rows, n) in [(1, 1), (3, 7), (5, 64), (4, 256), (2, 300)] {
+            let x = rng.vec(rows * n, 4.0);
+            let r: Vec<f32> = rng.vec(rows * n, 2.0).iter().map(|v| v + 0.5).collect();
+            let gamma = rng.vec(n, 1.5);
+            let beta = rng.vec(n, 0.3);
+            for (res, bias) in [(true, true), (false, true), (true, false)] {
+                let mut y = vec![0f32; rows * n];
+                add_layer_norm_f32(
+                    kernel,
+                    &x,
+                    res.then_some(&r[..]),
+                    &gamma,
+                    bias.then_some(&beta[..]),
+                    1e-12,
+                    &mut y,
+                );
+                for row in 0..rows {
+                    let s: Vec<f64> = (0..n)
+                        .map(|j| {
+                            x[row * n + j] as f64 + if res { r[row * n + j] as f64 } else { 0.0 }
+                        })
+                        .collect();
+                    let mean = s.iter().sum::<f64>() / n as f64;
+                    let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+                    for j in 0..n {
+                        let want = (s[j] - mean) / (var + 1e-12).sqrt() * gamma[j] as f64
+                            + if bias { beta[j] as f64 } else { 0.0 };
+                        let got = y[row * n + j] as f64;
+                        assert!(
+                            (want - got).abs() <= 1e-5 * want.abs().max(1.0),
+                            "{} rows {rows} n {n} res {res} bias {bias}: {got} vs {want}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gelu_matches_erf_reference() {
+    use super::kernels::gelu_f32;
+    let xs: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.004).collect();
+    // erf from its Taylor series (|x| <= 8 / sqrt 2 needs many terms; f64 is enough)
+    fn erf64(x: f64) -> f64 {
+        if x.abs() > 5.0 {
+            return x.signum();
+        }
+        let (mut term, mut sum, mut k) = (x, x, 0f64);
+        while term.abs() > 1e-17 {
+            k += 1.0;
+            term *= -x * x / k;
+            sum += term / (2.0 * k + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+    for kernel in kernels_here() {
+        let mut y = xs.clone();
+        gelu_f32(kernel, &mut y, std::f32::consts::SQRT_2);
+        for (x, y) in xs.iter().zip(&y) {
+            let x64 = *x as f64;
+            let want = x64 * (erf64(x64 / std::f64::consts::SQRT_2) + 1.0) * 0.5;
+            assert!(
+                (want - *y as f64).abs() <= 2e-6 * want.abs().max(1.0),
+                "{} gelu({x}) = {y}, want {want}",
+                kernel.name()
+            );
+        }
+    }
+}
