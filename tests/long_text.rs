@@ -44,7 +44,7 @@ fn discriminator_windows_stitch_to_one_score_per_character() {
     };
     assert_eq!(answer.tokens.len(), chars.len());
     for (i, t) in answer.tokens.iter().enumerate() {
-        assert_eq!(t.start, i);
+        assert_eq!(t.start as usize, i);
     }
     let logits = raw_logits(&response);
     assert_eq!(logits.len(), chars.len() + 2);

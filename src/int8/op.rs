@@ -96,6 +96,9 @@ impl EvalOp for QMatMul {
         let m = x.len() / k;
         let mut out_shape: TVec<usize> = shape.into();
         *out_shape.last_mut().unwrap() = n;
+        // SAFETY: f32 has no invalid bit patterns, and `quantized_matmul_f32` writes every one
+        // of the m x n outputs (its epilogue stores whole tiles; shapes checked above) before
+        // anything reads `y`.
         let mut y = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         {
             let xr = x.try_as_plain_ram()?;
@@ -539,10 +542,9 @@ mod tests {
 
     /// The shared fixtures: `$ELECTRA_EDGE_FIXTURES`, else `../shared/fixtures` next to the repo
     /// (as in `tests/python/conftest.py`).
+    /// A fixture file (a missing one fails the test, saying where it was expected).
     fn fixture(rel: &str) -> String {
-        let root = std::env::var("ELECTRA_EDGE_FIXTURES")
-            .unwrap_or(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures").into());
-        format!("{root}/{rel}")
+        crate::testutil::fixture(rel).display().to_string()
     }
 
     fn tiny() -> String {
@@ -568,30 +570,6 @@ mod tests {
         Ok(v)
     }
 
-    #[test]
-    #[ignore]
-    fn dump_typed_int8_graph() -> TractResult<()> {
-        let path = std::env::var("INT8_DUMP_MODEL").unwrap_or(tiny());
-        let typed = typed(&path)?;
-        for n in typed.nodes() {
-            let facts: Vec<String> = n.outputs.iter().map(|o| format!("{:?}", o.fact)).collect();
-            let ins: Vec<String> = n
-                .inputs
-                .iter()
-                .map(|i| format!("{}/{}", i.node, i.slot))
-                .collect();
-            println!(
-                "#{} {} [{}] in={:?} out={:?}",
-                n.id,
-                n.name,
-                n.op.name(),
-                ins,
-                facts
-            );
-        }
-        Ok(())
-    }
-
     /// The int8 models to check: the tiny fixture's heads, the repo's demo models (uint8
     /// weights) and any `INT8_FUSE_MODELS` (colon-separated paths, e.g. per-channel exports).
     fn parity_models() -> Vec<String> {
@@ -605,22 +583,19 @@ mod tests {
                 env!("CARGO_MANIFEST_DIR")
             ));
         }
+        for p in &v {
+            assert!(std::path::Path::new(p).is_file(), "model {p} is missing");
+        }
         if let Ok(extra) = std::env::var("INT8_FUSE_MODELS") {
             v.extend(extra.split(':').filter(|s| !s.is_empty()).map(String::from));
         }
-        v.into_iter()
-            .filter(|p| std::path::Path::new(p).exists())
-            .collect()
+        v
     }
 
     /// Fused vs tract's own int8 path, per kernel: the same outputs (to float rounding).
     #[test]
     fn fused_matches_tract_int8() -> TractResult<()> {
-        let models = parity_models();
-        if models.is_empty() {
-            eprintln!("skipped: no int8 model found");
-        }
-        for path in models {
+        for path in parity_models() {
             let base = typed(&path)?;
             let reference = base.clone().into_optimized()?.into_runnable()?;
             let total = base
@@ -687,10 +662,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         let tiny = tiny();
-        if !std::path::Path::new(&tiny).exists() || !std::path::Path::new(&demo).exists() {
-            eprintln!("skipped: models not found");
-            return Ok(());
-        }
+        assert!(std::path::Path::new(&demo).is_file(), "{demo} is missing");
         let base = typed(&tiny)?;
         let mut heap = base.clone();
         let fused = fuse_quantized_matmuls(&mut heap)?;
@@ -702,6 +674,8 @@ mod tests {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("model.onnx.int8pack");
         write_sidecar(&path, &bytes)?;
+        // SAFETY: a file this test just wrote in its own temp folder; nobody changes it while
+        // it is mapped.
         let map = unsafe { memmap2::Mmap::map(&std::fs::File::open(&path)?)? };
         let side = Sidecar::parse(Arc::new(map))?;
         assert_eq!((side.len(), side.fingerprint()), (fused, fp));
@@ -755,122 +729,4 @@ mod tests {
         Ok(())
     }
 
-    /// Timing (ignored: slow, prints numbers), one thread, best of `INT8_TIMING_RUNS` (10):
-    /// `cargo test --release --lib int8::op::tests::model_timing -- --ignored --nocapture`.
-    /// `INT8_TIMING_MODEL` (default: the small fixture's discriminator; its `model.fp32.onnx`
-    /// is timed too when present), `INT8_TIMING_SEQS` (default `8,32,128,512`),
-    /// `INT8_TIMING_TRACT=1` adds tract's own int8 path (slow on x86).
-    #[test]
-    #[ignore]
-    fn model_timing() -> TractResult<()> {
-        let path = std::env::var("INT8_TIMING_MODEL")
-            .unwrap_or(fixture("electra-small-zh/discriminator/model.onnx"));
-        let seqs: Vec<usize> = std::env::var("INT8_TIMING_SEQS")
-            .unwrap_or("8,32,128,512".into())
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
-        // thread CPU time (robust on a shared host; all work is on this thread with one
-        // thread), unless INT8_TIMING_WALL is set
-        let cpu_time = std::env::var("INT8_TIMING_WALL").is_err();
-        eprintln!(
-            "timing: {}",
-            if cpu_time {
-                "thread CPU time, best of"
-            } else {
-                "wall, best of"
-            }
-        );
-        let runs: usize = std::env::var("INT8_TIMING_RUNS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(10);
-        let t = std::time::Instant::now();
-        let base = typed(&path)?;
-        eprintln!(
-            "{path}: int8 parse+typed {:.0} ms",
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        let mut fused = base.clone();
-        let t = std::time::Instant::now();
-        let count = fuse_quantized_matmuls(&mut fused)?;
-        eprintln!(
-            "fuse: {count} chains in {:.0} ms (kernel {})",
-            t.elapsed().as_secs_f64() * 1e3,
-            Kernel::default_choice()
-        );
-        let t = std::time::Instant::now();
-        let plan = fused.into_optimized()?.into_runnable()?;
-        eprintln!(
-            "fused optimize+plan: {:.0} ms",
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        let f32path = std::path::Path::new(&path).with_file_name("model.fp32.onnx");
-        let f32plan = if f32path.exists() {
-            Some(
-                typed(f32path.to_str().unwrap())?
-                    .into_optimized()?
-                    .into_runnable()?,
-            )
-        } else {
-            None
-        };
-        let reference = if std::env::var("INT8_TIMING_TRACT").is_ok() {
-            Some(base.clone().into_optimized()?.into_runnable()?)
-        } else {
-            None
-        };
-        for seq in seqs {
-            let time =
-                |p: &Arc<TypedRunnableModel>, n: usize| -> TractResult<(f64, TVec<TValue>)> {
-                    let mut best = f64::MAX;
-                    let mut out = p.run(inputs(&base, seq)?)?; // warm-up
-                    for _ in 0..n {
-                        let i = inputs(&base, seq)?;
-                        let (t, c) = (std::time::Instant::now(), crate::cputime::thread_s());
-                        out = p.run(i)?;
-                        let ms = match (c, crate::cputime::thread_s()) {
-                            (Some(c0), Some(c1)) if cpu_time => (c1 - c0) * 1e3,
-                            _ => t.elapsed().as_secs_f64() * 1e3,
-                        };
-                        best = best.min(ms);
-                    }
-                    Ok((best, out))
-                };
-            let diff = |a: &TVec<TValue>, b: &TVec<TValue>| -> TractResult<f32> {
-                let a = a[0]
-                    .cast_to::<f32>()?
-                    .try_as_plain_ram()?
-                    .as_slice::<f32>()?
-                    .to_vec();
-                let b = b[0]
-                    .cast_to::<f32>()?
-                    .try_as_plain_ram()?
-                    .as_slice::<f32>()?
-                    .to_vec();
-                Ok(a.iter()
-                    .zip(&b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max))
-            };
-            let (tf, yf) = time(&plan, runs)?;
-            let mut line = format!("seq {seq}: fused int8 {tf:.2} ms");
-            if let Some(p) = &f32plan {
-                let (t32, y32) = time(p, runs)?;
-                line += &format!(
-                    ", tract f32 {t32:.2} ms, max |fused - f32| {:.3e}",
-                    diff(&yf, &y32)?
-                );
-            }
-            if let Some(r) = &reference {
-                let (ti, yi) = time(r, runs.min(3))?;
-                line += &format!(
-                    ", tract int8 {ti:.2} ms, max |fused - tract int8| {:.3e}",
-                    diff(&yf, &yi)?
-                );
-            }
-            eprintln!("{line}");
-        }
-        Ok(())
-    }
 }
