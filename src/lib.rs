@@ -12,6 +12,7 @@
 //! - [`tasks`]: turning raw model outputs into answers: discriminator scores and flagged
 //!   spans, classification, BIO/BIOES entity decoding, pooled embeddings; window stitching.
 //! - [`protocol`]: the JSON-lines contract, pure: request parsing and response shapes.
+//! - [`folder`]: which ONNX file of a model folder to load (int8 first) and where its tokenizer is.
 //! - [`engine`]: model folder = tokenizer + model + task; one request in, one response out.
 //! - [`selfcheck`]: golden outputs from `manifest.json` checked before serving.
 //! - [`run`]: the stdin/stdout loop behind `electra-edge run`.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod cputime;
 pub mod engine;
+pub mod folder;
 pub mod int8;
 pub mod model;
 pub mod protocol;
