@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eetools.common import (  # noqa: E402,F401
     ARCH_TO_TASK, EXTRA_VERIFY_SENTENCES, GOLDEN_SENTENCES, INPUT_NAMES, MANIFEST_FORMAT, MODEL_FILES,
-    REL_BOUND, TASK_TO_ARCH, TASKS, VERIFY_SENTENCES, ExportError, sha256_file, tool_versions, write_json,
+    REL_BOUND, TASK_TO_ARCH, TASKS, VERIFY_SENTENCES, ExportError, arch_for, sha256_file, tool_versions, write_json,
 )
+from eetools.choose import SIZE_BUDGET, choose_quantization  # noqa: E402,F401
 from eetools.folder import build_folder, check_folder  # noqa: E402,F401
 from eetools.graph import check_int8_graph, infer_task, load_fp32, op_census  # noqa: E402,F401
 from eetools.quant import quantize  # noqa: E402,F401
@@ -48,7 +49,14 @@ from eetools.wordpiece import WordPieceTokenizer  # noqa: E402,F401
 
 
 def add_quant_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--per-channel", action="store_true", help="per-channel weight scales (default per-tensor)")
+    ap.add_argument("--quantization", choices=("auto", "per-tensor", "per-channel"), default=None,
+                    help="auto: try per-tensor, per-channel and per-channel with the most outlier-prone matmuls in"
+                         " fp32, keep the lowest measured error within --size-budget (export.py's default);"
+                         " quantize.py's default is per-tensor")
+    ap.add_argument("--per-channel", dest="quantization", action="store_const", const="per-channel",
+                    help="same as --quantization per-channel")
+    ap.add_argument("--size-budget", type=float, default=SIZE_BUDGET,
+                    help=f"with auto: model.onnx at most this times the per-tensor file (default {SIZE_BUDGET})")
     ap.add_argument("--weight-type", choices=("int8", "uint8"), default="int8", help="weight type (default int8)")
     ap.add_argument("--rel-bound", type=float, default=REL_BOUND,
                     help=f"fail when max|int8-fp32| > REL * max(1, max|fp32|) (default {REL_BOUND})")
@@ -113,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         m = build_folder(
             fp32, out, task=args.task, config=config, tokenizer_json=tok_json,
             tokenizer_config=tok_dir / "tokenizer_config.json", source=source,
-            per_channel=args.per_channel, weight_type=args.weight_type, keep_fp32=not args.no_fp32,
-            rel_bound=args.rel_bound, max_abs_err=args.max_abs_err,
+            per_channel=args.quantization == "per-channel", weight_type=args.weight_type,
+            keep_fp32=not args.no_fp32, rel_bound=args.rel_bound, max_abs_err=args.max_abs_err,
+            choose=args.quantization == "auto", size_budget=args.size_budget,
         )
         size = sum((out / n).stat().st_size for n in list(m["files"]) + ["manifest.json"])
         print(f"wrote {out}: {', '.join(list(m['files']) + ['manifest.json'])} ({size / 1e6:.2f} MB)")

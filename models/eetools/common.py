@@ -15,8 +15,26 @@ ARCH_TO_TASK = {
     "ElectraForSequenceClassification": "classify",
     "ElectraForTokenClassification": "tag",
     "ElectraModel": "embed",
+    # BERT family (also HFL's RBT3 / RoBERTa-wwm-ext and sentence-transformers' MiniLM, which are
+    # BertModel checkpoints); BERT has no replaced-token-detection head.
+    "BertForSequenceClassification": "classify",
+    "BertForTokenClassification": "tag",
+    "BertModel": "embed",
 }
-TASK_TO_ARCH = {v: k for k, v in ARCH_TO_TASK.items()}
+TASK_TO_ARCH = {v: k for k, v in ARCH_TO_TASK.items() if k.startswith("Electra")}
+# transformers model_type -> class name prefix of the families export.py builds
+FAMILY_PREFIX = {"electra": "Electra", "bert": "Bert"}
+
+
+def arch_for(model_type: str | None, task: str) -> str:
+    """The transformers class for a task in a model family (ELECTRA when the family is unknown)."""
+    prefix = FAMILY_PREFIX.get((model_type or "electra").lower())
+    if prefix is None:
+        raise ExportError(f"model_type {model_type!r} is not supported (supported: {', '.join(FAMILY_PREFIX)})")
+    arch = TASK_TO_ARCH[task].replace("Electra", prefix, 1)
+    if arch not in ARCH_TO_TASK:
+        raise ExportError(f"task {task!r} needs {arch}, which does not exist: {prefix} has no such head")
+    return arch
 MODEL_FILES = ("model.onnx", "model.fp32.onnx", "config.json", "tokenizer.json", "tokenizer_config.json")
 
 # Golden sentences recorded in manifest.json (short, one with ASCII + emoji).

@@ -6,12 +6,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .common import MANIFEST_FORMAT, MODEL_FILES, REL_BOUND, TASKS, ExportError, sha256_file, tool_versions, write_json
+from .common import MANIFEST_FORMAT, MODEL_FILES, REL_BOUND, TASKS, VERIFY_SENTENCES, ExportError, sha256_file, tool_versions, write_json
+from .choose import SIZE_BUDGET, choose_quantization
 from .graph import check_int8_graph, infer_task, load_fp32
 from .quant import quantize
 from .sessions import make_session
 from .verify import golden, verify
 from .wordpiece import WordPieceTokenizer
+
 
 def build_folder(
     fp32_path: Path,
@@ -30,8 +32,14 @@ def build_folder(
     rel_bound: float = REL_BOUND,
     max_abs_err: float | None = None,
     log=print,
+    choose: bool = False,
+    size_budget: float = SIZE_BUDGET,
 ) -> dict:
-    """Quantize FP32 into OUT_DIR, verify, and write the model folder. Returns the manifest."""
+    """Quantize FP32 into OUT_DIR, verify, and write the model folder. Returns the manifest.
+
+    ``choose``: pick per-tensor / per-channel / per-channel with a few fp32 matmuls by measurement
+    (``eetools.choose``; ``per_channel`` is then ignored) and record the candidates in the manifest.
+    """
     fp32_path = Path(fp32_path)
     out_dir = Path(out_dir)
     model = load_fp32(fp32_path)
@@ -47,8 +55,16 @@ def build_folder(
 
     with tempfile.TemporaryDirectory(prefix="ee-quant-") as tmp:
         tmp_int8 = Path(tmp) / "model.onnx"
-        log(f"quantizing {fp32_path.name}: quantize_dynamic per_channel={per_channel} weight_type={weight_type}")
-        quantize(fp32_path, tmp_int8, per_channel=per_channel, weight_type=weight_type)
+        if choose:
+            qrecord, chosen, chosen_dir = choose_quantization(fp32_path, tokenize, task, weight_type,
+                                                              VERIFY_SENTENCES, size_budget=size_budget, log=log)
+            shutil.copyfile(chosen, tmp_int8)
+            chosen_dir.cleanup()
+            per_channel = qrecord["per_channel"]
+        else:
+            log(f"quantizing {fp32_path.name}: quantize_dynamic per_channel={per_channel} weight_type={weight_type}")
+            quantize(fp32_path, tmp_int8, per_channel=per_channel, weight_type=weight_type)
+            qrecord = {"per_channel": bool(per_channel), "weight_type": weight_type}
         census = check_int8_graph(tmp_int8)
         log(
             "int8 graph: "
@@ -106,7 +122,7 @@ def build_folder(
         "task": task,
         "files": files,
         "tools": tools or tool_versions(),
-        "quantization": {"per_channel": bool(per_channel), "weight_type": weight_type},
+        "quantization": qrecord,
         "verification": {
             "sentences": ver["sentences"],
             "max_abs_err_int8_vs_fp32": ver["max_abs_err_int8_vs_fp32"],

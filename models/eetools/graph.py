@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .common import ARCH_TO_TASK, INPUT_NAMES, ExportError
 
+
 def load_fp32(path: Path):
     import onnx
 

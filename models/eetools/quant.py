@@ -6,7 +6,10 @@ from pathlib import Path
 
 from .common import ExportError
 
-def quantize(fp32_path: Path, int8_path: Path, per_channel: bool = False, weight_type: str = "int8") -> None:
+
+def quantize(fp32_path: Path, int8_path: Path, per_channel: bool = False, weight_type: str = "int8",
+             nodes_to_exclude: list[str] | None = None) -> None:
+    """quantize_dynamic; ``nodes_to_exclude``: node names left in fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if weight_type not in ("int8", "uint8"):
@@ -21,6 +24,7 @@ def quantize(fp32_path: Path, int8_path: Path, per_channel: bool = False, weight
             model_output=str(int8_path),
             per_channel=per_channel,
             weight_type=wt,
+            nodes_to_exclude=list(nodes_to_exclude or []),
         )
     except Exception as e:
         raise ExportError(f"onnxruntime quantize_dynamic failed on {fp32_path}: {type(e).__name__}: {e}") from None

@@ -7,6 +7,7 @@ import numpy as np
 
 from .common import ExportError
 
+
 def make_session(path: Path):
     import onnxruntime as ort
 

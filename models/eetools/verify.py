@@ -8,6 +8,7 @@ import numpy as np
 from .common import GOLDEN_SENTENCES, REL_BOUND, VERIFY_SENTENCES, ExportError
 from .sessions import compared_output, exact_int8_session, make_session, reduce_output, run
 
+
 def error_bound(fp32_max_abs: float, rel: float = REL_BOUND) -> float:
     """rel * max(1, largest |fp32 output|).
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .common import ExportError
 
+
 def _is_chinese_char(cp: int) -> bool:
     return (
         0x4E00 <= cp <= 0x9FFF
