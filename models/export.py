@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export a Chinese ELECTRA model to an electra-edge model folder (int8 ONNX + tokenizer + manifest).
+"""Export an ELECTRA or BERT model to an electra-edge model folder (int8 ONNX + tokenizer + manifest).
 
     python models/export.py hfl/chinese-electra-small-discriminator OUT --task discriminator
     python models/export.py ./my-finetuned-ner OUT --task tag --per-channel
@@ -132,9 +132,12 @@ def load_model(args, task: str | None):
         if task is None:
             task = next((q.ARCH_TO_TASK[a] for a in (config.architectures or []) if a in q.ARCH_TO_TASK),
                         "discriminator")
-        cls = getattr(transformers, TASK_CLASS[task])
+        arch = q.arch_for(getattr(config, "model_type", None), task)
+        cls = getattr(transformers, arch)
         model, info = cls.from_pretrained(src, output_loading_info=True, **kw)
         tokenizer = transformers.AutoTokenizer.from_pretrained(src, **kw)
+    except q.ExportError:
+        raise
     except Exception as e:  # OSError, huggingface_hub errors, requests/httpx errors ...
         if local:
             raise q.ExportError(f"cannot load the model in {src}: {type(e).__name__}: {e}") from None
@@ -144,7 +147,7 @@ def load_model(args, task: str | None):
             f"cannot load '{src}' from the Hugging Face hub: {why}. Download the model on a machine with internet"
             " and pass its local directory, or use --random-init (with --vocab FILE or the generated vocab)."
         ) from None
-    model.config.architectures = [TASK_CLASS[task]]
+    model.config.architectures = [arch]
     revision = None if local else (getattr(config, "_commit_hash", None) or args.revision)
     name = Path(src).name if local else src
     missing = sorted(info.get("missing_keys") or [])
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         usage="%(prog)s [options] MODEL_ID_OR_DIR OUT_DIR\n"
               "       %(prog)s --random-init [--tiny] [--vocab FILE] [options] OUT_DIR\n"
               "       %(prog)s --from-onnx FP32_ONNX [options] OUT_DIR",
-        description="Export a Chinese ELECTRA model (hub id or local dir) to an electra-edge int8 model folder.",
+        description="Export an ELECTRA or BERT-family model (hub id or local dir) to an electra-edge int8 model folder.",
         epilog="The hub is needed only for a hub id; --random-init and --from-onnx work offline.",
     )
     ap.add_argument("paths", nargs="+", metavar="PATH",
@@ -256,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.task:
             rest += ["--task", args.task]
         rest += ["--weight-type", args.weight_type, "--rel-bound", str(args.rel_bound)]
-        if args.per_channel:
-            rest.append("--per-channel")
+        rest += ["--quantization", args.quantization or "auto", "--size-budget", str(args.size_budget)]
         if args.max_abs_err is not None:
             rest += ["--max-abs-err", str(args.max_abs_err)]
         if args.no_fp32:
@@ -302,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
 
             manifest = q.build_folder(
                 fp32, out, task=task, config=config, tokenizer_json=tj, tokenizer_config=tc, source=source,
-                per_channel=args.per_channel, weight_type=args.weight_type, keep_fp32=not args.no_fp32,
+                per_channel=args.quantization == "per-channel", weight_type=args.weight_type,
+                choose=(args.quantization or "auto") == "auto", size_budget=args.size_budget, keep_fp32=not args.no_fp32,
                 tools=tools, tokenize=lambda t: tokenizer(t)["input_ids"], rel_bound=args.rel_bound,
                 max_abs_err=args.max_abs_err, log=log,
             )

@@ -8,6 +8,17 @@ use std::str::FromStr;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+/// The transformers classes served, and the task each implies.
+pub const ARCHITECTURES: [(&str, Task); 7] = [
+    ("ElectraForPreTraining", Task::Discriminator),
+    ("ElectraForSequenceClassification", Task::Classify),
+    ("ElectraForTokenClassification", Task::Tag),
+    ("ElectraModel", Task::Embed),
+    ("BertForSequenceClassification", Task::Classify),
+    ("BertForTokenClassification", Task::Tag),
+    ("BertModel", Task::Embed),
+];
+
 /// What the model folder's head computes, and so what an answer looks like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
@@ -17,7 +28,7 @@ pub enum Task {
     Classify,
     /// `*ForTokenClassification`: per-token labels decoded into entity spans.
     Tag,
-    /// `ElectraModel`: a pooled `last_hidden_state` vector.
+    /// `ElectraModel` / `BertModel`: a pooled `last_hidden_state` vector.
     Embed,
 }
 
@@ -33,19 +44,16 @@ impl Task {
         }
     }
 
-    /// The task a transformers architecture name implies, if we serve it.
+    /// The task a transformers architecture name implies, if we serve it: the ELECTRA and BERT
+    /// classes in [`ARCHITECTURES`] (BERT covers Chinese RoBERTa-style checkpoints such as HFL's
+    /// RBT3 / RoBERTa-wwm-ext and sentence-transformers' MiniLM, which are `BertModel`s).
+    /// Other names, including `BertForPreTraining` (masked-LM + next-sentence heads, not a
+    /// replaced-token detector), give `None`.
     pub fn from_architecture(arch: &str) -> Option<Task> {
-        if arch.ends_with("ForPreTraining") {
-            Some(Task::Discriminator)
-        } else if arch.ends_with("ForSequenceClassification") {
-            Some(Task::Classify)
-        } else if arch.ends_with("ForTokenClassification") {
-            Some(Task::Tag)
-        } else if arch.ends_with("Model") {
-            Some(Task::Embed)
-        } else {
-            None
-        }
+        ARCHITECTURES
+            .iter()
+            .find(|(name, _)| *name == arch)
+            .map(|(_, task)| *task)
     }
 
     /// The ONNX output holding this task's raw result (the first output is used if absent).
@@ -121,9 +129,11 @@ impl ModelConfig {
                 return Ok(task);
             }
         }
+        let known: Vec<&str> = ARCHITECTURES.iter().map(|(name, _)| *name).collect();
         bail!(
-            "config.json architectures {:?} name no task electra-edge serves; pass --task",
-            self.architectures
+            "config.json architectures {:?} name no task electra-edge serves (known: {}); pass --task",
+            self.architectures,
+            known.join(", ")
         )
     }
 
@@ -149,15 +159,42 @@ mod tests {
         let cases = [
             ("ElectraForPreTraining", Task::Discriminator),
             ("ElectraForSequenceClassification", Task::Classify),
-            ("BertForTokenClassification", Task::Tag),
+            ("ElectraForTokenClassification", Task::Tag),
             ("ElectraModel", Task::Embed),
+            ("BertModel", Task::Embed),
+            ("BertForSequenceClassification", Task::Classify),
+            ("BertForTokenClassification", Task::Tag),
         ];
         for (arch, task) in cases {
             let c = ModelConfig::parse(&format!(r#"{{"architectures":["{arch}"]}}"#)).unwrap();
             assert_eq!(c.task().unwrap(), task, "{arch}");
         }
-        let c = ModelConfig::parse(r#"{"architectures":["ElectraForMaskedLM"]}"#).unwrap();
-        assert!(c.task().unwrap_err().to_string().contains("--task"));
+        // heads we do not serve, and names that only look like ours
+        for arch in [
+            "ElectraForMaskedLM",
+            "BertForPreTraining",
+            "BertForMaskedLM",
+            "BertLMHeadModel",
+            "GPT2LMHeadModel",
+            "T5Model",
+        ] {
+            let c = ModelConfig::parse(&format!(r#"{{"architectures":["{arch}"]}}"#)).unwrap();
+            let e = c.task().unwrap_err().to_string();
+            assert!(
+                e.contains("--task") && e.contains("BertModel"),
+                "{arch}: {e}"
+            );
+        }
+        // the first served name wins when several are listed
+        let c = ModelConfig::parse(r#"{"architectures":["BertForMaskedLM","BertModel"]}"#).unwrap();
+        assert_eq!(c.task().unwrap(), Task::Embed);
+        // the shared MiniLM fixture's config (a real sentence-transformers export)
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/minilm-l6/config.json");
+        let c = ModelConfig::load(&fixture)
+            .unwrap_or_else(|e| panic!("{e:#}: put the shared fixtures beside the repository"));
+        assert_eq!(c.task().unwrap(), Task::Embed);
+        assert_eq!(c.hidden_size, Some(384));
     }
 
     #[test]

@@ -94,11 +94,15 @@ impl Engine {
             Some(task) => task,
             None => config.task()?,
         };
-        let tokenizer = TextTokenizer::load(dir)?;
-        let onnx = options
-            .onnx_file
-            .clone()
-            .unwrap_or_else(|| dir.join("model.onnx"));
+        let onnx = match options.onnx_file.clone() {
+            Some(file) => file,
+            None => {
+                let choice = crate::folder::find_onnx(dir)?;
+                log::info!("model file: {} ({})", choice.path.display(), choice.why);
+                choice.path
+            }
+        };
+        let tokenizer = TextTokenizer::load(&crate::folder::tokenizer_dir(dir, &onnx))?;
         let model_options = ModelOptions {
             output: Some(task.output_name().to_string()),
             tract_int8: options.tract_int8,

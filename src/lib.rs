@@ -19,6 +19,8 @@
 //! - [`model`]: the one narrow boundary around tract: load (decode -> parse -> fuse -> optimize
 //!   -> plan, once, with a symbolic sequence length) and run a row of token ids; packed int8
 //!   weights in a memory-mapped sidecar.
+//! - [`folder`]: which ONNX file of a model folder to load (int8 first) and where its
+//!   tokenizer is.
 //! - [`int8`]: our fused quantized matmul and its kernels (the fast int8 path).
 //! - [`ops`]: our transformer ops (attention, residual + LayerNorm, GELU) and their graph
 //!   rewrite; the loader's panic guard.
@@ -42,6 +44,7 @@
 pub mod config;
 pub mod cputime;
 pub mod engine;
+pub mod folder;
 pub mod int8;
 pub mod model;
 pub mod ops;

@@ -827,7 +827,7 @@ mod tests {
         let path = dir.join("l.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let raw = listener.into_raw_fd(); // we give up ownership, as if it was passed to us
-        // SAFETY: `raw` is an open fd that nothing else owns (into_raw_fd above).
+                                          // SAFETY: `raw` is an open fd that nothing else owns (into_raw_fd above).
         let fds = unsafe { take_fds(raw, 1) }.unwrap();
         assert_eq!(fds.len(), 1);
         assert_ne!(

@@ -9,10 +9,10 @@ use crate::model::{
 
 /// `electra-edge pack`: writes the sidecar where [`crate::model::Model::load`] looks for it.
 pub fn pack(args: &PackArgs) -> Result<()> {
-    let onnx = args
-        .onnx
-        .clone()
-        .unwrap_or_else(|| args.model.join("model.onnx"));
+    let onnx = match &args.onnx {
+        Some(file) => file.clone(),
+        None => crate::folder::find_onnx(&args.model)?.path,
+    };
     let cache = args.weights_cache.clone().or_else(cache_dir_from_env);
     let out = match (&args.out, &cache) {
         (Some(out), _) => out.clone(),

@@ -1,4 +1,5 @@
-"""The committed demo models in models/demo/ (random weights, tiny shape, generated vocab)."""
+"""The committed demo models in models/demo/: the trained discriminator (models/train_demo.py) and the
+random-weight classifier, tagger and encoder (tiny shape); all with the generated vocabulary."""
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ import quantize as q
 from conftest import MODELS
 
 DEMO = MODELS / "demo"
-FOLDERS = {"discriminator": "discriminator", "classifier": "classify", "tagger": "tag", "encoder": "embed"}
+FOLDERS = {"classifier": "classify", "tagger": "tag", "encoder": "embed"}  # random weights
 ARCH = {"discriminator": "ElectraForPreTraining", "classify": "ElectraForSequenceClassification",
         "tag": "ElectraForTokenClassification", "embed": "ElectraModel"}
 
@@ -69,6 +70,45 @@ def test_demo_folder(folder):
             np.testing.assert_allclose(g["ort_int8"], g["ort_fp32"], atol=v["bound"])
 
 
+def test_trained_demo_discriminator():
+    """The demo typo spotter: trained weights, the project's vocabulary, <= 3 MB, goldens that
+    reproduce, a quantization chosen by measurement, and it flags a real typo."""
+    d = DEMO / "discriminator"
+    m = q.check_folder(d)
+    assert m["task"] == "discriminator"
+    assert m["source"]["random_weights"] is False
+    assert set(m["files"]) == {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json"}
+    size = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+    assert size <= 3_000_000, f"{size} bytes"
+    cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    assert cfg["architectures"] == ["ElectraForPreTraining"] and cfg["model_type"] == "electra"
+    tj = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = make_vocab.build_vocab()
+    assert tj["model"]["vocab"] == {tok: i for i, tok in enumerate(vocab)}
+    assert cfg["vocab_size"] == len(vocab)
+    qrec = m["quantization"]
+    assert qrec["chosen_by"] == "measurement" and qrec["weight_type"] == "uint8"
+    v = m["verification"]
+    assert v["max_abs_err_exact_int8_vs_fp32"] <= v["bound"]
+    # uint8 weights: onnxruntime's int8 is exact integer arithmetic, so it equals the exact run
+    assert v["max_abs_err_int8_vs_fp32"] == pytest.approx(v["max_abs_err_exact_int8_vs_fp32"], abs=2e-5)
+    tok = q.WordPieceTokenizer(d / "tokenizer.json")
+    sess = q.make_session(d / "model.onnx")
+    for g in m["golden"]:
+        assert g["input_ids"] == tok.encode(g["text"])
+        tol = 2e-6 if onnxruntime.__version__ == m["tools"]["onnxruntime"] else v["bound"]
+        np.testing.assert_allclose(q.reduce_output("discriminator", q.run(sess, g["input_ids"])), g["ort_int8"], atol=tol)
+
+    def prob(text):
+        return 1 / (1 + np.exp(-np.asarray(q.run(sess, tok.encode(text))).reshape(-1)[1:-1]))
+
+    # the README's first command: 门 (for 们) is flagged, and it is the most suspicious character
+    p = prob("我门今天去学校上课。")
+    assert p[1] > 0.5 and int(np.argmax(p)) == 1, p.round(3)
+    # the corrected character is not flagged (the demo model has false flags elsewhere: README)
+    assert prob("我们今天去学校上课。")[1] < 0.5
+
+
 def test_demo_tokenizer_handles_mixed_text():
     tok = q.WordPieceTokenizer(DEMO / "tagger" / "tokenizer.json")
     vocab = json.loads((DEMO / "tagger" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
@@ -103,7 +143,7 @@ def test_full_export_reproduces_a_demo_model(tmp_path):
     out = tmp_path / "tagger"
     r = subprocess.run(
         [sys.executable, str(MODELS / "export.py"), "--random-init", "--tiny", "--seed", "0", "--task", "tag",
-         "--weight-type", "uint8", str(out)],
+         "--weight-type", "uint8", "--quantization", "per-tensor", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stderr
