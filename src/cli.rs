@@ -1,12 +1,14 @@
-//! Command-line arguments, shared by the subcommands.
+//! Command-line arguments of the subcommands (the commands themselves are in
+//! `commands/`). Defaults come from what they configure.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Task;
-use crate::engine::{Defaults, EngineOptions, DEFAULT_MAX_CHARS};
-use crate::tasks::embed::Pooling;
+use crate::engine::{EngineOptions, DEFAULT_MAX_CHARS};
+use crate::server::ServerConfig;
+use crate::tasks::{AnswerOptions, Pooling};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,7 +33,7 @@ pub enum Command {
     Pack(PackArgs),
 }
 
-/// `electra-edge pack`: see the `model` module docs for where loads look for the sidecar.
+/// `electra-edge pack`: see the [`crate::model`] docs for where loads look for the sidecar.
 #[derive(Debug, Args)]
 pub struct PackArgs {
     /// Model folder (its model.onnx is packed).
@@ -71,25 +73,25 @@ pub struct ServeArgs {
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
     /// Inference threads.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = ServerConfig::default().workers)]
     pub workers: usize,
     /// Open connections; the next one gets a busy error and is closed.
-    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = ServerConfig::default().max_connections)]
     pub max_connections: usize,
     /// Longest request line in bytes (default: 4 x --max-chars + 64 KiB).
     #[arg(long)]
     pub max_line_bytes: Option<usize>,
     /// Inference requests waiting for a worker, all connections together; more get busy.
-    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_QUEUE)]
+    #[arg(long, default_value_t = ServerConfig::default().max_queue)]
     pub max_queue: usize,
     /// Requests of one connection read but not yet answered; the server stops reading there.
-    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_IN_FLIGHT)]
+    #[arg(long, default_value_t = ServerConfig::default().max_in_flight)]
     pub max_in_flight: usize,
     /// Seconds a connection may stay idle (nothing received, nothing pending) before closing.
-    #[arg(long, default_value_t = crate::server::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
+    #[arg(long, default_value_t = ServerConfig::default().idle_timeout.as_secs_f64())]
     pub idle_timeout: f64,
     /// Seconds a client may take no answer bytes before it is dropped.
-    #[arg(long, default_value_t = crate::server::DEFAULT_WRITE_TIMEOUT.as_secs_f64())]
+    #[arg(long, default_value_t = ServerConfig::default().write_timeout.as_secs_f64())]
     pub write_timeout: f64,
     /// Load the model, print the memory budget (JSON) and exit.
     #[arg(long)]
@@ -160,7 +162,7 @@ impl ModelArgs {
             tract_int8: self.tract_int8,
             self_check: !self.no_self_check,
             threads: usize::from(self.threads),
-            defaults: Defaults {
+            defaults: AnswerOptions {
                 raw: self.raw,
                 threshold: self.threshold,
                 pooling: match self.pooling {

@@ -9,13 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{Map, Value};
 
 use crate::config::{ModelConfig, Task};
 use crate::model::{Model, ModelOptions, RowOutput};
-use crate::protocol::{response_line, ErrorCode, ErrorReply, Request, RequestOptions};
-use crate::tasks::embed::Pooling;
-use crate::tasks::{classify, discriminator, embed, json_f32s, tag, PerToken};
+use crate::tasks::{self, Answer, AnswerOptions, OutputShape, Pooling, Raw, Response};
 use crate::tokenize::{TextTokenizer, Token};
 use crate::windows::WindowPlan;
 
@@ -41,29 +38,8 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Check the manifest's golden outputs at load (when there is a manifest).
     pub self_check: bool,
-    pub defaults: Defaults,
-}
-
-/// Answer options used when a request does not set them.
-#[derive(Clone, Debug)]
-pub struct Defaults {
-    pub raw: bool,
-    pub threshold: f32,
-    pub pooling: Pooling,
-    pub normalize: bool,
-    pub tokens: bool,
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Defaults {
-            raw: false,
-            threshold: 0.5,
-            pooling: Pooling::Mean,
-            normalize: false,
-            tokens: false,
-        }
-    }
+    /// Answer options used when a request does not set them.
+    pub defaults: AnswerOptions,
 }
 
 impl Default for EngineOptions {
@@ -77,7 +53,7 @@ impl Default for EngineOptions {
             tract_int8: false,
             threads: 1,
             self_check: true,
-            defaults: Defaults::default(),
+            defaults: AnswerOptions::default(),
         }
     }
 }
@@ -92,6 +68,8 @@ pub struct Engine {
     capacity: usize,
     overlap: usize,
     pub options: EngineOptions,
+    /// The head's label names (empty for heads without labels), from config.json.
+    labels: Vec<String>,
     /// What the start-up self-check saw (`None` when switched off).
     pub self_check: Option<crate::selfcheck::Report>,
 }
@@ -144,11 +122,12 @@ impl Engine {
             capacity,
             overlap,
             options,
+            labels: Vec::new(),
             self_check: None,
         };
-        engine.warm_up().context("warm-up run failed")?;
+        engine.labels = engine.warm_up().context("warm-up run failed")?;
         if self_check {
-            let report = crate::selfcheck::check(&engine)?;
+            let report = engine.self_check()?;
             if report.checked > 0 {
                 log::info!(
                     "self-check passed: {} golden texts, max error {} (bound {})",
@@ -163,15 +142,30 @@ impl Engine {
     }
 
     /// One short input through tokenizer, model and task: the first real request then costs no
-    /// more than any other, and a head that does not fit the task is reported at start.
-    fn warm_up(&self) -> Result<()> {
-        let answer = self.answer("我", &RequestOptions::default())?;
+    /// more than any other, and a graph whose output does not fit the task is reported at
+    /// start (the only shape check: every later window has the same output layout). Returns
+    /// the head's label names.
+    fn warm_up(&self) -> Result<Vec<String>> {
+        let forward = self.forward("我")?;
+        let shape = OutputShape {
+            dims: forward.outputs[0].shape.clone(),
+            positions: forward.tokens.len() + 2,
+            per_token: self.model.per_token(),
+        };
+        let labels = self.config.labels(tasks::check_output(self.task, &shape)?);
+        let answer = self.answer_with_labels(&forward, &self.options.defaults, &labels);
         log::debug!("warm-up answer: {answer:?}");
-        Ok(())
+        Ok(labels)
     }
 
     /// Tokenizes, plans windows and runs the model on each window.
     pub fn forward(&self, text: &str) -> Result<Forward> {
+        self.forward_with(text, &mut || {})
+    }
+
+    /// [`Engine::forward`], calling `on_window` after each window (a long text is many
+    /// windows: a watchdog sees progress per window, not per request).
+    pub fn forward_with(&self, text: &str, on_window: &mut dyn FnMut()) -> Result<Forward> {
         let tokens = self.tokenizer.encode(text)?;
         let plan = WindowPlan::new(tokens.len(), self.capacity, self.overlap);
         let mut outputs = Vec::with_capacity(plan.windows.len());
@@ -182,6 +176,7 @@ impl Engine {
             row.extend(tokens[range.clone()].iter().map(|t| t.id));
             row.push(self.tokenizer.sep_id);
             outputs.push(self.model.run(&row)?);
+            on_window();
         }
         Ok(Forward {
             tokens,
@@ -190,139 +185,95 @@ impl Engine {
         })
     }
 
-    /// The answer body for `text` (without `id`).
-    pub fn answer(&self, text: &str, options: &RequestOptions) -> Result<Map<String, Value>> {
-        self.answer_from(text, &self.forward(text)?, options)
+    /// The answer for `text`.
+    pub fn answer(&self, text: &str, options: &AnswerOptions) -> Result<Response> {
+        Ok(self.answer_from(&self.forward(text)?, options))
     }
 
-    /// The answer body for `text` from its model run `forward` ([`Engine::forward`] of the same
-    /// text): one run can serve several option sets (the self-check's two poolings).
-    pub fn answer_from(
+    /// [`Engine::answer`], calling `on_window` after each model window.
+    pub fn answer_with(
         &self,
         text: &str,
-        forward: &Forward,
-        options: &RequestOptions,
-    ) -> Result<Map<String, Value>> {
-        let d = &self.options.defaults;
-        let mut body = Map::new();
-        body.insert("task".into(), self.task.name().into());
-        let raw = options.raw.unwrap_or(d.raw);
-        let raw_ids = || {
-            let mut ids = vec![self.tokenizer.cls_id];
-            ids.extend(forward.tokens.iter().map(|t| t.id));
-            ids.push(self.tokenizer.sep_id);
-            ids
-        };
-        let (answer, raw_logits) = match self.task {
-            Task::Discriminator | Task::Tag => {
-                if !self.model.per_token() {
-                    bail!(
-                        "the {} task needs per-token outputs; this graph's are pooled",
-                        self.task
-                    );
-                }
-                let logits = PerToken::stitch(&forward.plan, &forward.outputs);
-                let answer = if self.task == Task::Discriminator {
-                    if logits.width != 1 {
-                        bail!(
-                            "a discriminator has 1 logit per token, this graph has {}",
-                            logits.width
-                        );
-                    }
-                    let threshold = options.threshold.unwrap_or(d.threshold);
-                    to_map(discriminator::answer(
-                        text,
-                        &forward.tokens,
-                        &logits,
-                        threshold,
-                    ))
-                } else {
-                    let labels = self.config.labels(logits.width);
-                    let with_tokens = options.tokens.unwrap_or(d.tokens);
-                    to_map(tag::answer(
-                        text,
-                        &forward.tokens,
-                        &logits,
-                        &labels,
-                        with_tokens,
-                    ))
-                };
-                let raw_logits = raw.then(|| {
-                    if logits.width == 1 {
-                        json_f32s(&logits.data)
-                    } else {
-                        logits.data.chunks(logits.width).map(json_f32s).collect()
-                    }
-                });
-                (answer, raw_logits)
-            }
-            Task::Classify => {
-                if forward.outputs[0].shape.len() != 1 {
-                    bail!(
-                        "a classifier outputs [labels], this graph {:?}",
-                        forward.outputs[0].shape
-                    );
-                }
-                let logits = classify::combine(&forward.outputs);
-                let labels = self.config.labels(logits.len());
-                (
-                    to_map(classify::answer(&logits, &labels)),
-                    raw.then(|| json_f32s(&logits)),
-                )
-            }
-            Task::Embed => {
-                let pooling = options.pooling.unwrap_or(d.pooling);
-                let normalized = options.normalize.unwrap_or(d.normalize);
-                let mut embedding = embed::pool(&forward.outputs, pooling)?;
-                if normalized {
-                    embed::normalize(&mut embedding);
-                }
-                let answer = embed::Answer {
-                    pooling,
-                    normalized,
-                    dim: embedding.len(),
-                    embedding,
-                };
-                (to_map(answer), None)
-            }
-        };
-        body.extend(answer);
-        if raw {
-            body.insert("input_ids".into(), Value::from(raw_ids()));
-            if let Some(logits) = raw_logits {
-                body.insert("logits".into(), logits);
-            }
-        }
-        Ok(body)
+        options: &AnswerOptions,
+        on_window: &mut dyn FnMut(),
+    ) -> Result<Response> {
+        Ok(self.answer_from(&self.forward_with(text, on_window)?, options))
     }
 
-    /// The response line for one parsed request; a model failure is logged and becomes an
-    /// `internal` error reply (returned as such, so that a server can count it).
-    pub fn respond(&self, request: &Request) -> Result<String, ErrorReply> {
-        self.answer(&request.text, &request.options)
-            .map(|body| response_line(request.id.as_ref(), body))
-            .map_err(|e| {
-                log::error!("request failed: {e:#}");
-                ErrorReply::new(request.id.clone(), ErrorCode::Internal, format!("{e:#}"))
-            })
+    /// The answer from a model run ([`Engine::forward`]): one run can serve several option
+    /// sets (the self-check's two poolings).
+    pub fn answer_from(&self, forward: &Forward, options: &AnswerOptions) -> Response {
+        self.answer_with_labels(forward, options, &self.labels)
+    }
+
+    fn answer_with_labels(
+        &self,
+        forward: &Forward,
+        options: &AnswerOptions,
+        labels: &[String],
+    ) -> Response {
+        let input = tasks::Input {
+            tokens: &forward.tokens,
+            plan: &forward.plan,
+            outputs: &forward.outputs,
+            labels,
+        };
+        let (answer, logits) = tasks::answer(self.task, &input, options);
+        let raw = options.raw.then(|| Raw {
+            input_ids: self.input_ids(forward),
+            logits,
+        });
+        Response { answer, raw }
+    }
+
+    /// The model's input ids for the whole text: `[CLS]`, the tokens, `[SEP]`.
+    pub fn input_ids(&self, forward: &Forward) -> Vec<i64> {
+        let mut ids = Vec::with_capacity(forward.tokens.len() + 2);
+        ids.push(self.tokenizer.cls_id);
+        ids.extend(forward.tokens.iter().map(|t| t.id));
+        ids.push(self.tokenizer.sep_id);
+        ids
+    }
+
+    /// Our token ids and raw output for `text` in the references' shape (manifest goldens and
+    /// the fixtures' `reference.jsonl`): logits, or `cls` then `mean` for encoders (not
+    /// normalized).
+    pub fn raw_output(&self, text: &str) -> Result<(Vec<i64>, Vec<f32>)> {
+        // One model run; an encoder's two poolings are both taken from it.
+        let forward = self.forward(text)?;
+        let options = |pooling| AnswerOptions {
+            raw: true,
+            normalize: false,
+            pooling,
+            ..self.options.defaults.clone()
+        };
+        let response = self.answer_from(&forward, &options(Pooling::Cls));
+        let values = match response.answer {
+            Answer::Embed(cls) => {
+                let mut v = cls.embedding;
+                if let Answer::Embed(mean) =
+                    self.answer_from(&forward, &options(Pooling::Mean)).answer
+                {
+                    v.extend(mean.embedding);
+                }
+                v
+            }
+            _ => response
+                .raw
+                .and_then(|r| r.logits)
+                .map(|l| l.values().to_vec())
+                .context("the answer has no raw output")?,
+        };
+        Ok((self.input_ids(&forward), values))
+    }
+
+    /// The manifest's golden check on this engine (see [`crate::selfcheck`]).
+    pub fn self_check(&self) -> Result<crate::selfcheck::Report> {
+        crate::selfcheck::check(&self.dir, self.capacity + 2, |text| self.raw_output(text))
     }
 
     /// Text tokens one window holds (the window minus `[CLS]` and `[SEP]`).
     pub fn window_capacity(&self) -> usize {
         self.capacity
-    }
-
-    /// Parser limits implied by this engine's options.
-    pub fn limits(&self) -> crate::protocol::Limits {
-        crate::protocol::Limits {
-            max_chars: self.options.max_chars,
-        }
-    }
-}
-
-fn to_map(answer: impl serde::Serialize) -> Map<String, Value> {
-    match serde_json::to_value(answer) {
-        Ok(Value::Object(map)) => map,
-        other => unreachable!("answers serialize to objects, got {other:?}"),
     }
 }

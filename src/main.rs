@@ -2,8 +2,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use electra_edge::cli::{Cli, Command};
-use electra_edge::engine::Engine;
+use electra_edge::cli::Cli;
 
 fn main() -> ExitCode {
     let mut logger =
@@ -14,7 +13,7 @@ fn main() -> ExitCode {
     }
     logger.init();
     let cli = Cli::parse();
-    match run(cli) {
+    match electra_edge::commands::dispatch(&cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A reader that went away is not an error worth a message.
@@ -27,17 +26,5 @@ fn main() -> ExitCode {
             let _ = writeln!(io::stderr(), "electra-edge: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Run(args) => {
-            let engine = Engine::load(&args.model.model, args.model.engine_options())?;
-            electra_edge::run::serve_lines(&engine, io::stdin().lock(), io::stdout().lock())
-        }
-        Command::Serve(args) => electra_edge::server::run_cli(&args),
-        Command::Check(args) => electra_edge::selfcheck::run_cli(&args.model),
-        Command::Pack(args) => electra_edge::model::pack_cli(&args),
     }
 }

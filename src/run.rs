@@ -4,14 +4,9 @@ use std::io::{self, BufRead, Write};
 
 use anyhow::Result;
 
+use crate::dispatch::{self, Routed};
 use crate::engine::Engine;
-use crate::protocol::{self, BoundedLine, Command, ErrorCode, ErrorReply, Line};
-
-/// Longest request line kept in memory; longer lines are skipped with a `too_large` error.
-/// Four bytes per character for the text plus room for the JSON around it.
-pub fn max_line_bytes(max_chars: usize) -> usize {
-    max_chars.saturating_mul(4).saturating_add(64 * 1024)
-}
+use crate::protocol::{self, ErrorCode, ErrorReply, Limits};
 
 /// Serves every line of `input`, one response line each, until end of input. A closed output
 /// (the reader went away) ends the loop without an error.
@@ -27,31 +22,22 @@ fn serve_lines_inner(
     mut input: impl BufRead,
     mut output: impl Write,
 ) -> io::Result<()> {
-    let limits = engine.limits();
-    let max_bytes = max_line_bytes(limits.max_chars);
+    let limits = Limits::new(engine.options.max_chars);
+    let max_bytes = protocol::max_line_bytes(limits.max_chars);
     let mut buf = Vec::new();
     while let Some(read) = protocol::read_bounded_line(&mut input, &mut buf, max_bytes)? {
-        let line = match read {
-            BoundedLine::TooLong { bytes } => protocol::line_too_long(bytes, max_bytes).to_line(),
-            BoundedLine::Line => match protocol::parse_line(&buf, &limits) {
-                Ok(Line::Infer(request)) => {
-                    engine.respond(&request).unwrap_or_else(|e| e.to_line())
-                }
-                Ok(Line::Command {
-                    id,
-                    cmd: Command::Ping,
-                }) => protocol::response_line(id.as_ref(), protocol::pong_body()),
-                Ok(Line::Command {
-                    id,
-                    cmd: Command::Stats,
-                }) => ErrorReply::new(
-                    id,
-                    ErrorCode::BadRequest,
-                    "stats is served by `electra-edge serve`",
-                )
-                .to_line(),
-                Err(reply) => reply.to_line(),
-            },
+        let line = match dispatch::route(read, max_bytes, || protocol::parse_line(&buf, &limits)) {
+            Routed::Reply(line) => line,
+            Routed::Error(reply) => reply.to_line(),
+            Routed::Stats(id) => ErrorReply::new(
+                id,
+                ErrorCode::BadRequest,
+                "stats is served by `electra-edge serve`",
+            )
+            .to_line(),
+            Routed::Infer(request) => {
+                dispatch::respond(engine, &request).unwrap_or_else(|e| e.to_line())
+            }
         };
         output.write_all(line.as_bytes())?;
         output.write_all(b"\n")?;

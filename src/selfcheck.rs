@@ -12,11 +12,6 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Task;
-use crate::engine::Engine;
-use crate::protocol::RequestOptions;
-use crate::tasks::embed::Pooling;
-
 /// Absolute slack on top of twice onnxruntime's int8 error (goldens are rounded to 6 decimals).
 pub const EPSILON: f32 = 2e-3;
 
@@ -47,10 +42,16 @@ pub struct Report {
     pub bound: f32,
 }
 
-/// Runs every golden text of `DIR/manifest.json` through `engine`. No manifest: nothing to
-/// check (`checked == 0`). A drift beyond the bound is an error naming the text.
-pub fn check(engine: &Engine) -> Result<Report> {
-    let path = engine.dir.join("manifest.json");
+/// Runs every golden text of `dir/manifest.json` through `raw_output` (token ids and raw output
+/// in the references' shape: `Engine::raw_output`); texts longer than
+/// `max_ids` ids (one window) are left out. No manifest: nothing to check (`checked == 0`). A
+/// drift beyond the bound is an error naming the text.
+pub fn check(
+    dir: &Path,
+    max_ids: usize,
+    raw_output: impl Fn(&str) -> Result<(Vec<i64>, Vec<f32>)>,
+) -> Result<Report> {
+    let path = dir.join("manifest.json");
     let mut report = Report {
         checked: 0,
         max_error: 0.0,
@@ -61,7 +62,7 @@ pub fn check(engine: &Engine) -> Result<Report> {
     }
     let manifest = load(&path)?;
     for golden in &manifest.golden {
-        if golden.input_ids.len() > engine.window_capacity() + 2 {
+        if golden.input_ids.len() > max_ids {
             // With a window smaller than the text, outputs are stitched, not the reference's.
             log::warn!(
                 "self-check: {:?} is longer than one window, skipped",
@@ -69,7 +70,7 @@ pub fn check(engine: &Engine) -> Result<Report> {
             );
             continue;
         }
-        let (ids, ours) = raw_output(engine, &golden.text)?;
+        let (ids, ours) = raw_output(&golden.text)?;
         if ids != golden.input_ids {
             bail!(
                 "self-check: token ids of {:?} differ from the manifest's ({ids:?} vs {:?}): wrong tokenizer files?",
@@ -89,7 +90,8 @@ pub fn check(engine: &Engine) -> Result<Report> {
         }
         let error = max_abs_diff(&ours, &fp32);
         let bound = 2.0 * max_abs_diff(&int8, &fp32) + EPSILON;
-        if !(error <= bound) {
+        // NaN on either side fails the check
+        if error.partial_cmp(&bound).is_none_or(|o| o.is_gt()) {
             bail!(
                 "self-check failed on {:?}: outputs differ from the reference by {error} (allowed {bound}); \
                  this build computes wrong results on this machine, or the model file is damaged",
@@ -127,71 +129,10 @@ pub fn mismatched_files(dir: &Path) -> Result<Vec<String>> {
     Ok(bad)
 }
 
-/// `electra-edge check --model DIR`: checksums, then the golden outputs; one line of result.
-pub fn run_cli(args: &crate::cli::ModelArgs) -> Result<()> {
-    let manifest = args.model.join("manifest.json");
-    if !manifest.exists() {
-        bail!(
-            "{} has no manifest.json: nothing to check against",
-            args.model.display()
-        );
-    }
-    let bad = mismatched_files(&args.model)?;
-    if !bad.is_empty() {
-        bail!(
-            "{}: files differ from manifest.json checksums: {}",
-            args.model.display(),
-            bad.join(", ")
-        );
-    }
-    let engine = Engine::load(&args.model, args.engine_options())?;
-    let report = match engine.self_check {
-        Some(report) => report,
-        None => check(&engine)?,
-    };
-    println!(
-        "ok: {} golden texts, max |output - reference| {} (bound {}), checksums match",
-        report.checked, report.max_error, report.bound
-    );
-    Ok(())
-}
-
 fn load(path: &Path) -> Result<Manifest> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))
-}
-
-/// Our token ids and raw output for `text` in the references' shape (manifest goldens and the
-/// fixtures' `reference.jsonl`): logits, or `cls` then `mean` for encoders.
-pub fn raw_output(engine: &Engine, text: &str) -> Result<(Vec<i64>, Vec<f32>)> {
-    let options = |pooling| RequestOptions {
-        raw: Some(true),
-        normalize: Some(false),
-        pooling,
-        ..Default::default()
-    };
-    // One model run; an encoder's two poolings are both taken from it.
-    let forward = engine.forward(text)?;
-    let first = if engine.task == Task::Embed {
-        Some(Pooling::Cls)
-    } else {
-        None
-    };
-    let answer = engine.answer_from(text, &forward, &options(first))?;
-    let ids = answer["input_ids"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_i64).collect())
-        .unwrap_or_default();
-    let values = if engine.task == Task::Embed {
-        let mut v = flatten(&answer["embedding"]);
-        let mean = engine.answer_from(text, &forward, &options(Some(Pooling::Mean)))?;
-        v.extend(flatten(&mean["embedding"]));
-        v
-    } else {
-        flatten(&answer["logits"])
-    };
-    Ok((ids, values))
 }
 
 /// Numbers of a JSON value in document order; encoder references are `{"cls": [...], "mean": [...]}`

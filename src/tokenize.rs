@@ -136,10 +136,10 @@ mod tests {
 
     /// A folder with only a hand-written vocab.txt: exercises the fallback and lets offsets be
     /// checked by hand on CJK, emoji and full-width text.
-    fn vocab_dir() -> tempdir::Dir {
+    fn vocab_dir() -> crate::testutil::TempDir {
         let vocab =
             "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n我\n爱\n北\n京\nａ\n##ｂ\nhello\n##llo\nhe\n！\n";
-        let dir = tempdir::Dir::new("tok");
+        let dir = crate::testutil::TempDir::new("tok");
         std::fs::write(dir.path().join("vocab.txt"), vocab).unwrap();
         dir
     }
@@ -170,40 +170,11 @@ mod tests {
 
     #[test]
     fn missing_tokenizer_is_a_clear_error() {
-        let dir = tempdir::Dir::new("tok-empty");
+        let dir = crate::testutil::TempDir::new("tok-empty");
         let err = TextTokenizer::load(dir.path()).err().unwrap().to_string();
         assert!(
             err.contains("neither tokenizer.json nor vocab.txt"),
             "{err}"
         );
-    }
-}
-
-/// A self-deleting temporary folder for tests (no extra crate).
-#[cfg(test)]
-pub(crate) mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            use std::sync::atomic::{AtomicUsize, Ordering};
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("electra-edge-{tag}-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }

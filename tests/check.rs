@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{copy_folder, demo_models, TempDir};
+use common::{copy_folder, demo_models, electra_edge, TempDir};
 use electra_edge::engine::{Engine, EngineOptions};
 use electra_edge::selfcheck;
 
@@ -25,7 +23,7 @@ fn demo_models_pass_their_golden_outputs() {
 }
 
 fn check_command(dir: &std::path::Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_electra-edge"))
+    let out = electra_edge()
         .args(["check", "--model", &dir.display().to_string()])
         .output()
         .unwrap();
@@ -60,7 +58,7 @@ fn check_command_reports_drift_and_damage() {
         ..Default::default()
     };
     let engine = Engine::load(dir.path(), unchecked).unwrap();
-    let err = selfcheck::check(&engine).unwrap_err().to_string();
+    let err = engine.self_check().unwrap_err().to_string();
     assert!(err.contains("self-check failed"), "{err}");
     // Loading runs the same check and refuses to start.
     let err = Engine::load(dir.path(), EngineOptions::default())

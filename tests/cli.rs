@@ -4,14 +4,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use common::{copy_folder, fixtures, TempDir};
+use common::{copy_folder, electra_edge, fixtures, TempDir};
 use serde_json::Value;
-
-fn electra_edge() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_electra-edge"))
-}
 
 fn run_with_input(args: &[&str], input: &[u8]) -> Output {
     let mut child = electra_edge()
@@ -234,9 +230,12 @@ fn run_broken(break_it: impl Fn(&Path)) -> (bool, String) {
     )
 }
 
+/// Breaks a copy of a model folder in one way.
+type Damage = Box<dyn Fn(&Path)>;
+
 #[test]
 fn broken_model_folders_give_one_clear_error() {
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    let cases: Vec<(&str, Damage)> = vec![
         (
             "model.onnx",
             Box::new(|d: &Path| std::fs::remove_file(d.join("model.onnx")).unwrap()),

@@ -5,8 +5,7 @@ mod common;
 
 use common::fixtures;
 use electra_edge::engine::{Engine, EngineOptions};
-use electra_edge::protocol::RequestOptions;
-use electra_edge::selfcheck::flatten;
+use electra_edge::tasks::{Answer, AnswerOptions, Response};
 use electra_edge::windows::WindowPlan;
 
 const TEXT: &str =
@@ -21,11 +20,17 @@ fn engine(head: &str, window_tokens: Option<usize>) -> Engine {
     Engine::load(&fixtures().join("electra-tiny-zh").join(head), options).unwrap()
 }
 
-fn raw() -> RequestOptions {
-    RequestOptions {
-        raw: Some(true),
+fn raw() -> AnswerOptions {
+    AnswerOptions {
+        raw: true,
         ..Default::default()
     }
+}
+
+/// The raw logits of an answer asked with `raw`.
+fn raw_logits(response: &Response) -> Vec<f32> {
+    let raw = response.raw.as_ref().expect("raw output");
+    raw.logits.as_ref().expect("logits").values().to_vec()
 }
 
 #[test]
@@ -33,13 +38,15 @@ fn discriminator_windows_stitch_to_one_score_per_character() {
     let windowed = engine("discriminator", Some(10)); // 8 text tokens per window
     let whole = engine("discriminator", None);
     let chars: Vec<char> = TEXT.chars().collect();
-    let answer = windowed.answer(TEXT, &raw()).unwrap();
-    let tokens = answer["tokens"].as_array().unwrap();
-    assert_eq!(tokens.len(), chars.len());
-    for (i, t) in tokens.iter().enumerate() {
-        assert_eq!(t["start"].as_u64().unwrap() as usize, i);
+    let response = windowed.answer(TEXT, &raw()).unwrap();
+    let Answer::Discriminator(answer) = &response.answer else {
+        panic!("a discriminator answer")
+    };
+    assert_eq!(answer.tokens.len(), chars.len());
+    for (i, t) in answer.tokens.iter().enumerate() {
+        assert_eq!(t.start, i);
     }
-    let logits = flatten(&answer["logits"]);
+    let logits = raw_logits(&response);
     assert_eq!(logits.len(), chars.len() + 2);
 
     let plan = WindowPlan::new(chars.len(), 8, 3);
@@ -50,7 +57,7 @@ fn discriminator_windows_stitch_to_one_score_per_character() {
         .iter()
         .map(|range| {
             let window_text: String = chars[range.clone()].iter().collect();
-            flatten(&whole.answer(&window_text, &raw()).unwrap()["logits"])
+            raw_logits(&whole.answer(&window_text, &raw()).unwrap())
         })
         .collect();
     for i in 0..chars.len() {
@@ -73,12 +80,12 @@ fn classifier_averages_window_logits() {
     let mut mean = vec![0f32; 3];
     for range in &plan.windows {
         let window_text: String = chars[range.clone()].iter().collect();
-        let logits = flatten(&whole.answer(&window_text, &raw()).unwrap()["logits"]);
+        let logits = raw_logits(&whole.answer(&window_text, &raw()).unwrap());
         for (m, l) in mean.iter_mut().zip(logits) {
             *m += l / plan.windows.len() as f32;
         }
     }
-    let got = flatten(&windowed.answer(TEXT, &raw()).unwrap()["logits"]);
+    let got = raw_logits(&windowed.answer(TEXT, &raw()).unwrap());
     for (g, m) in got.iter().zip(&mean) {
         assert!((g - m).abs() < 1e-6, "{got:?} vs {mean:?}");
     }

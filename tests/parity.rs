@@ -10,7 +10,7 @@ use electra_edge::engine::{Engine, EngineOptions};
 // EPSILON: absolute slack on top of 2x onnxruntime's own int8 error (the references are rounded
 // to 6 decimals, and a sentence's int8 error can be tiny by chance); the start-up self-check
 // uses the same rule.
-use electra_edge::selfcheck::{flatten, max_abs_diff, raw_output, EPSILON};
+use electra_edge::selfcheck::{flatten, max_abs_diff, EPSILON};
 
 const FP32_TOL: f32 = 1e-4;
 
@@ -60,7 +60,7 @@ fn check_head(size: &str, head: &str, precision: Precision) {
             "{size}/{head}: offsets of {text:?}"
         );
 
-        let (ids, ours) = raw_output(&engine, text).unwrap();
+        let (ids, ours) = engine.raw_output(text).unwrap();
         assert_eq!(ids, expected_ids, "{size}/{head}: input_ids of {text:?}");
         let fp32 = flatten(&reference["ort_fp32"]);
         let err = max_abs_diff(&ours, &fp32);

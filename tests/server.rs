@@ -12,8 +12,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{fixtures, TempDir};
+use common::{electra_edge, fixtures, TempDir, XorShift};
 use electra_edge::engine::{Engine, EngineOptions};
+use electra_edge::procfs::{status_bytes, Pid};
 use electra_edge::protocol::{self, Limits};
 use electra_edge::server::{self, ServeReport, ServerConfig, Shutdown, SocketFile};
 use serde_json::{json, Value};
@@ -441,6 +442,47 @@ fn a_full_queue_answers_busy_in_order() {
     assert!(busy > 0 && busy < 30, "busy {busy}");
 }
 
+/// A listener that stops accepting underneath the server (here: shut down through a second
+/// handle, as another process holding the socket could) is a fatal error: `serve` stops and
+/// returns an error, so the process exits non-zero and systemd restarts it, instead of logging
+/// `accept failed` forever while looking healthy.
+#[test]
+fn a_listener_that_cannot_accept_any_more_ends_serve_with_an_error() {
+    let dir = TempDir::new("dead-listener");
+    let path = dir.path().join("s.sock");
+    let engine = engine();
+    let mut config = ServerConfig::for_engine(&engine);
+    config.poll_interval = Duration::from_millis(20);
+    let listener = UnixListener::bind(&path).unwrap();
+    let other_holder = listener.try_clone().unwrap();
+    let shutdown = Shutdown::new();
+    let handle = {
+        let s = shutdown.clone();
+        std::thread::spawn(move || server::serve(engine, listener, config, s))
+    };
+    let mut c = Client::connect(&path);
+    assert_eq!(c.ask(r#"{"id":1,"cmd":"ping"}"#)["pong"], true);
+    // shutdown(2) on the listening socket, through the other handle.
+    let _ = UnixStream::from(std::os::fd::OwnedFd::from(other_holder))
+        .shutdown(std::net::Shutdown::Both);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !handle.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "serve kept running on a dead listener"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = handle.join().unwrap().expect_err("serve must fail");
+    assert!(
+        format!("{err:#}").contains("listening socket"),
+        "error names the socket: {err:#}"
+    );
+    // The connection that was open got its answers; nothing hangs.
+    drop(c);
+    drop(shutdown);
+}
+
 #[test]
 fn idle_connections_are_closed() {
     let server = Running::start("idle", |c| c.idle_timeout = Duration::from_millis(300));
@@ -512,14 +554,9 @@ fn parser_fuzz_never_panics_and_keeps_its_contract() {
     ];
     let alphabet: &[u8] =
         b"{}[]\":,\\0123456789.eE+-truefalsn \t\r\x00\x7f\xff\xe6\x88\x91idtextcmd";
-    let limits = Limits { max_chars: 64 };
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rand = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let limits = Limits::new(64);
+    let mut rng = XorShift::new(1);
+    let mut rand = move || rng.next_u64();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut cases = 0u64;
     while Instant::now() < deadline {
@@ -589,10 +626,6 @@ fn parser_fuzz_never_panics_and_keeps_its_contract() {
 // ---------------------------------------------------------------------------------------------
 // As a process: socat, signals, stale/live, load
 
-fn electra_edge() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_electra-edge"))
-}
-
 struct Process {
     child: Child,
     path: PathBuf,
@@ -657,17 +690,8 @@ impl Process {
     }
 
     fn vm(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .unwrap()
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-            * 1024
+        let field = field.trim_end_matches(':');
+        status_bytes(Pid::Other(self.child.id()), &[field])[0]
     }
 
     /// Waits for the exit (bounded) and returns (success, stderr).
@@ -1022,7 +1046,7 @@ fn json_bombs_are_parsed_within_budget() {
     let budget = stats.ask(r#"{"cmd":"stats"}"#)["stats"]["budget"]["total"]
         .as_u64()
         .unwrap();
-    let max_line = electra_edge::run::max_line_bytes(2000);
+    let max_line = electra_edge::protocol::max_line_bytes(2000);
     let bomb = |prefix: &str, suffix: &str| {
         let mut line = prefix.to_string();
         while line.len() + 4 + suffix.len() < max_line - 64 {

@@ -14,11 +14,11 @@
 
 mod common;
 
-use common::{fixtures, TempDir};
+use common::{fixtures, repo_root, runner, TempDir};
 use electra_edge::systemd;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,14 +29,23 @@ fn env_lock() -> std::sync::MutexGuard<'static, ()> {
     ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn recv(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
     let n = sock.recv(&mut buf).expect("notification datagram");
     String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+/// Fails the test when `cmd` is not installed (`.ci/run` installs every tool these tests use).
+fn need(cmd: &str) {
+    assert!(
+        have(cmd),
+        "{cmd} is not installed: this test needs it (.ci/run installs it: apt-get install {})",
+        match cmd {
+            "python3" => "python3",
+            "socat" => "socat",
+            _ => "systemd",
+        }
+    );
 }
 
 fn have(cmd: &str) -> bool {
@@ -46,13 +55,6 @@ fn have(cmd: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-/// The command prefix to start a copy of this test binary (a qemu-user runner, or nothing).
-fn runner() -> Vec<String> {
-    std::env::var("ELECTRA_EDGE_TEST_RUNNER")
-        .map(|r| r.split_whitespace().map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 // ------------------------------------------------------------------------------------------
@@ -298,10 +300,7 @@ fn child_args() -> Vec<String> {
 /// (kept across `exec`), `LISTEN_FDS=1`, then `exec` this test binary.
 #[test]
 fn socket_activation_via_exec_with_fd_3() {
-    if !have("python3") {
-        eprintln!("SKIP socket_activation_via_exec_with_fd_3: python3 not installed");
-        return;
-    }
+    need("python3");
     let dir = TempDir::new("sd-act-py");
     let path = dir.join("svc.sock");
     let script = r#"
@@ -333,10 +332,7 @@ os.execvp(sys.argv[2], sys.argv[2:])
 /// systemd's own launcher, `systemd-socket-activate` (no systemd instance needed).
 #[test]
 fn socket_activation_via_systemd_socket_activate() {
-    if !have("systemd-socket-activate") {
-        eprintln!("SKIP socket_activation_via_systemd_socket_activate: systemd-socket-activate not installed");
-        return;
-    }
+    need("systemd-socket-activate");
     let dir = TempDir::new("sd-act-sd");
     let path = dir.join("svc.sock");
     let child = Command::new("systemd-socket-activate")
@@ -540,10 +536,7 @@ fn install_sh_into_a_temp_prefix() {
 
 #[test]
 fn verify_units_sh_passes() {
-    if !have("systemd-analyze") {
-        eprintln!("SKIP verify_units_sh_passes: systemd-analyze not installed");
-        return;
-    }
+    need("systemd-analyze");
     let out = Command::new("bash")
         .arg(repo_root().join("cross/verify-units.sh"))
         .output()
@@ -566,10 +559,7 @@ fn verify_units_sh_passes() {
 /// exit 0 on SIGTERM, and the socket file (systemd's) left in place.
 #[test]
 fn serve_under_a_stand_in_for_systemd() {
-    if !have("systemd-socket-activate") {
-        eprintln!("SKIP serve_under_a_stand_in_for_systemd: systemd-socket-activate not installed");
-        return;
-    }
+    need("systemd-socket-activate");
     let model = fixtures().join("electra-tiny-zh/discriminator");
     assert!(
         model.join("config.json").is_file(),
@@ -684,6 +674,89 @@ fn serve_under_a_stand_in_for_systemd() {
     );
 }
 
+/// `systemctl restart` / `stop` as systemd does them, without systemd: a launcher (python3)
+/// owns the listening socket and starts `electra-edge serve` on it twice, the socket-activation
+/// way (fd 3, `LISTEN_FDS`, `LISTEN_PID`). The first instance answers, gets SIGTERM and exits 0;
+/// the second instance, given the same fd, must answer too. The socket file is renamed after
+/// binding, so the server cannot connect to itself by name (under the service unit that
+/// connect is refused: the socket is root's 0660, the service a DynamicUser): a server that
+/// then shut the inherited listener down to wake its own `accept` broke it for every later
+/// instance (issue: the restart outage).
+#[test]
+fn restart_hands_the_listening_socket_to_the_next_instance() {
+    need("python3");
+    let model = fixtures().join("electra-tiny-zh/discriminator");
+    let dir = TempDir::new("sd-restart");
+    let bound = dir.join("bound.sock");
+    let path = dir.join("svc.sock");
+    let script = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(16)
+os.rename(sys.argv[1], sys.argv[2])
+for instance in range(2):
+    pid = os.fork()
+    if pid == 0:
+        if s.fileno() != 3:
+            os.dup2(s.fileno(), 3)
+        os.set_inheritable(3, True)
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LISTEN_FDS"] = "1"
+        os.execvp(sys.argv[3], sys.argv[3:])
+    print("pid", pid, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print("exit", os.waitstatus_to_exitcode(status), flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).arg(&bound).arg(&path);
+    cmd.args(runner()).arg(env!("CARGO_BIN_EXE_electra-edge"));
+    cmd.arg("serve").arg("--model").arg(&model);
+    let mut launcher = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(launcher.stdout.take().unwrap()).lines();
+    let mut next = |what: &str| -> String {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("launcher ended before '{what}'"))
+            .unwrap();
+        let rest = line
+            .strip_prefix(what)
+            .unwrap_or_else(|| panic!("expected '{what} ...', got {line:?}"));
+        rest.trim().to_string()
+    };
+    for instance in 1..=2 {
+        let pid = next("pid");
+        // Connections wait in the backlog while the instance loads.
+        let stream = UnixStream::connect(&path)
+            .unwrap_or_else(|e| panic!("instance {instance}: cannot connect: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .unwrap();
+        (&stream)
+            .write_all(format!("{{\"id\":{instance},\"text\":\"我爱北京天安门\"}}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("instance {instance}: not JSON ({e}): {line:?}"));
+        assert_eq!(reply["id"], instance, "instance {instance}: {line}");
+        assert!(reply["tokens"].is_array(), "instance {instance}: {line}");
+        drop(stream);
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        assert_eq!(next("exit"), "0", "instance {instance} exits 0 on SIGTERM");
+    }
+    let out = launcher.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "launcher: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The next sd_notify datagram, failing fast if the service exits first (5 min at most: a
 /// debug build under qemu loads slowly).
 fn next_notification(notify: &UnixDatagram, child: &mut std::process::Child) -> String {
@@ -720,15 +793,13 @@ fn next_notification(notify: &UnixDatagram, child: &mut std::process::Child) -> 
 /// is larger and its warm-up takes minutes), and skipped under emulation (qemu-user's own
 /// memory would count in the measured base).
 #[test]
+#[cfg_attr(debug_assertions, ignore = "release builds only: run with --release")]
 fn service_memory_max_covers_the_budget() {
-    if cfg!(debug_assertions) {
-        eprintln!("SKIP service_memory_max_covers_the_budget: debug build (run with --release)");
-        return;
-    }
-    if std::env::var_os("ELECTRA_EDGE_TEST_RUNNER").is_some() {
-        eprintln!("SKIP service_memory_max_covers_the_budget: emulated run");
-        return;
-    }
+    assert!(
+        std::env::var_os("ELECTRA_EDGE_TEST_RUNNER").is_none(),
+        "not meaningful under emulation (qemu-user's own memory counts in the measured base): \
+         skip it with --skip service_memory_max (.ci/aarch64.sh's callers do)"
+    );
     let model = fixtures().join("electra-small-zh/discriminator");
     let out = Command::new("bash")
         .arg(repo_root().join("cross/verify-units.sh"))

@@ -2,25 +2,31 @@
 //!
 //! A text longer than one window is classified from the mean of the windows' logits.
 
-use serde::Serialize;
+use anyhow::{bail, Result};
 
-use super::{argmax, softmax};
+use super::{argmax, softmax, Input, OutputShape};
 use crate::model::RowOutput;
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LabelScore {
     pub label: String,
-    #[serde(serialize_with = "super::ser_f32")]
     pub score: f32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     pub label: String,
-    #[serde(serialize_with = "super::ser_f32")]
     pub score: f32,
     /// Every label's probability, in class order.
     pub scores: Vec<LabelScore>,
+}
+
+/// One vector of logits for the whole window; returns the number of labels.
+pub fn check_output(shape: &OutputShape) -> Result<usize> {
+    if shape.dims.len() != 1 || shape.per_token {
+        bail!("a classifier outputs [labels], this graph {:?}", shape.dims);
+    }
+    Ok(shape.dims[0])
 }
 
 /// Mean of the windows' logits (the raw output for a multi-window text).
@@ -34,7 +40,14 @@ pub fn combine(outputs: &[RowOutput]) -> Vec<f32> {
     sum.iter().map(|s| s / outputs.len() as f32).collect()
 }
 
-pub fn answer(logits: &[f32], labels: &[String]) -> Answer {
+/// The label of the text, and the combined logits it came from.
+pub fn answer(input: &Input) -> (Answer, Vec<f32>) {
+    let logits = combine(input.outputs);
+    (label(&logits, input.labels), logits)
+}
+
+/// The most probable label and every label's probability.
+pub fn label(logits: &[f32], labels: &[String]) -> Answer {
     let probs = softmax(logits);
     let (best, score) = argmax(&probs);
     Answer {
@@ -72,7 +85,7 @@ mod tests {
         ];
         let logits = combine(&windows);
         assert_eq!(logits, [1.0, 1.0, 2.0]);
-        let a = answer(&logits, &labels);
+        let a = label(&logits, &labels);
         assert_eq!(a.label, "positive");
         // softmax([1,1,2]) = [e/(2e+e^2), e/(2e+e^2), e^2/(2e+e^2)]
         let e = std::f32::consts::E;

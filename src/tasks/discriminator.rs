@@ -1,56 +1,67 @@
 //! Replaced-token detection: per-token probability that the token was replaced, and the
 //! spans of consecutive tokens above a threshold (likely typos).
 
-use serde::Serialize;
+use anyhow::{bail, Result};
 
-use super::{char_slice, sigmoid, PerToken};
-use crate::tokenize::Token;
+use super::{sigmoid, AnswerOptions, Input, OutputShape, PerToken};
 
-#[derive(Debug, Serialize, PartialEq)]
+/// A text token and its probability of having been replaced.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ScoredToken {
-    pub text: String,
+    /// Character range in the text.
     pub start: usize,
     pub end: usize,
-    #[serde(serialize_with = "super::ser_f32")]
     pub score: f32,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+/// A run of consecutive tokens above the threshold.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Span {
-    pub text: String,
     pub start: usize,
     pub end: usize,
     /// The highest token score in the span.
-    #[serde(serialize_with = "super::ser_f32")]
     pub score: f32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     pub tokens: Vec<ScoredToken>,
     pub flagged: Vec<Span>,
 }
 
-pub fn answer(text: &str, tokens: &[Token], logits: &PerToken, threshold: f32) -> Answer {
-    let scored: Vec<ScoredToken> = tokens
+/// One logit per token.
+pub fn check_output(shape: &OutputShape) -> Result<usize> {
+    if !shape.per_token {
+        bail!("the discriminator task needs per-token outputs; this graph's are pooled");
+    }
+    if shape.width() != 1 {
+        bail!(
+            "a discriminator has 1 logit per token, this graph has {}",
+            shape.width()
+        );
+    }
+    Ok(0)
+}
+
+/// Scores and flagged spans, and the stitched logits they came from.
+pub fn answer(input: &Input, options: &AnswerOptions) -> (Answer, PerToken) {
+    let logits = PerToken::stitch(input.plan, input.outputs);
+    let tokens: Vec<ScoredToken> = input
+        .tokens
         .iter()
         .zip(logits.text_rows())
         .map(|(t, row)| ScoredToken {
-            text: char_slice(text, t.start, t.end),
             start: t.start,
             end: t.end,
             score: sigmoid(row[0]),
         })
         .collect();
-    let flagged = flag_spans(text, &scored, threshold);
-    Answer {
-        tokens: scored,
-        flagged,
-    }
+    let flagged = flag_spans(&tokens, options.threshold);
+    (Answer { tokens, flagged }, logits)
 }
 
 /// Runs of consecutive tokens whose score is above `threshold`.
-pub fn flag_spans(text: &str, tokens: &[ScoredToken], threshold: f32) -> Vec<Span> {
+pub fn flag_spans(tokens: &[ScoredToken], threshold: f32) -> Vec<Span> {
     let mut spans: Vec<Span> = vec![];
     let mut previous_flagged = false;
     for t in tokens {
@@ -62,7 +73,6 @@ pub fn flag_spans(text: &str, tokens: &[ScoredToken], threshold: f32) -> Vec<Spa
                     span.score = span.score.max(t.score);
                 }
                 _ => spans.push(Span {
-                    text: String::new(),
                     start: t.start,
                     end: t.end,
                     score: t.score,
@@ -71,19 +81,16 @@ pub fn flag_spans(text: &str, tokens: &[ScoredToken], threshold: f32) -> Vec<Spa
         }
         previous_flagged = flagged;
     }
-    for span in &mut spans {
-        span.text = char_slice(text, span.start, span.end);
-    }
     spans
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokenize::Token;
 
     #[test]
     fn flags_runs_above_threshold() {
-        let text = "我门今天去学校";
         let tokens: Vec<Token> = (0..7)
             .map(|i| Token {
                 id: 0,
@@ -97,17 +104,26 @@ mod tests {
             width: 1,
             data: logits.to_vec(),
         };
-        let answer = answer(text, &tokens, &per_token, 0.5);
+        // "我门今天去学校": one window holding all 7 tokens
+        let plan = crate::windows::WindowPlan::new(7, 7, 0);
+        let outputs = [crate::model::RowOutput {
+            shape: vec![9],
+            data: per_token.data.clone(),
+        }];
+        let input = Input {
+            tokens: &tokens,
+            plan: &plan,
+            outputs: &outputs,
+            labels: &[],
+        };
+        let (answer, logits) = answer(&input, &AnswerOptions::default());
+        assert_eq!(logits, per_token);
         assert_eq!(answer.tokens.len(), 7);
-        assert_eq!(answer.tokens[1].text, "门");
+        assert_eq!((answer.tokens[1].start, answer.tokens[1].end), (1, 2));
         assert!((answer.tokens[1].score - 0.880_797).abs() < 1e-6);
-        let spans: Vec<(&str, usize, usize)> = answer
-            .flagged
-            .iter()
-            .map(|s| (s.text.as_str(), s.start, s.end))
-            .collect();
-        assert_eq!(spans, [("门", 1, 2), ("天去", 3, 5)]);
+        let spans: Vec<(usize, usize)> = answer.flagged.iter().map(|s| (s.start, s.end)).collect();
+        assert_eq!(spans, [(1, 2), (3, 5)]);
         assert!((answer.flagged[1].score - sigmoid(3.0)).abs() < 1e-7);
-        assert!(flag_spans(text, &answer.tokens, 0.99).is_empty());
+        assert!(flag_spans(&answer.tokens, 0.99).is_empty());
     }
 }

@@ -6,11 +6,11 @@
 //! scales the vector to unit L2 norm.
 
 use anyhow::{bail, Result};
-use serde::Serialize;
 
+use super::{AnswerOptions, Input, OutputShape};
 use crate::model::RowOutput;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     #[default]
@@ -18,23 +18,50 @@ pub enum Pooling {
     Cls,
 }
 
-#[derive(Debug, Serialize)]
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     pub pooling: Pooling,
     pub normalized: bool,
-    pub dim: usize,
-    #[serde(serialize_with = "super::ser_f32s")]
     pub embedding: Vec<f32>,
 }
 
-pub fn pool(outputs: &[RowOutput], pooling: Pooling) -> Result<Vec<f32>> {
-    let hidden = *outputs[0].shape.last().unwrap_or(&0);
-    if outputs[0].shape.len() != 2 || hidden == 0 {
+/// `[sequence, hidden]` per window; returns 0 (no labels).
+pub fn check_output(shape: &OutputShape) -> Result<usize> {
+    if !shape.per_token || shape.dims.len() != 2 || shape.dims[1] == 0 {
         bail!(
             "encoder output shape {:?} is not [sequence, hidden]",
-            outputs[0].shape
+            shape.dims
         );
     }
+    Ok(0)
+}
+
+/// The pooled (and, if asked, normalized) embedding.
+pub fn answer(input: &Input, options: &AnswerOptions) -> Answer {
+    let mut embedding = pool(input.outputs, options.pooling);
+    if options.normalize {
+        normalize(&mut embedding);
+    }
+    Answer {
+        pooling: options.pooling,
+        normalized: options.normalize,
+        embedding,
+    }
+}
+
+/// Mean or `[CLS]` pooling over every window's `[sequence, hidden]` output (checked at load
+/// by [`check_output`]).
+pub fn pool(outputs: &[RowOutput], pooling: Pooling) -> Vec<f32> {
+    let hidden = *outputs[0].shape.last().unwrap_or(&1);
     let mut sum = vec![0f64; hidden];
     let mut rows = 0usize;
     for out in outputs {
@@ -49,7 +76,7 @@ pub fn pool(outputs: &[RowOutput], pooling: Pooling) -> Result<Vec<f32>> {
         }
         rows += take;
     }
-    Ok(sum.into_iter().map(|s| (s / rows as f64) as f32).collect())
+    sum.into_iter().map(|s| (s / rows as f64) as f32).collect()
 }
 
 pub fn normalize(v: &mut [f32]) {
@@ -78,12 +105,9 @@ mod tests {
             shape: vec![2, 2],
             data: vec![7., 8., 9., 10.],
         };
-        assert_eq!(pool(&[w0.clone()], Pooling::Mean).unwrap(), [3., 4.]);
-        assert_eq!(
-            pool(&[w0.clone(), w1.clone()], Pooling::Mean).unwrap(),
-            [5., 6.]
-        );
-        assert_eq!(pool(&[w0, w1], Pooling::Cls).unwrap(), [4., 5.]);
+        assert_eq!(pool(std::slice::from_ref(&w0), Pooling::Mean), [3., 4.]);
+        assert_eq!(pool(&[w0.clone(), w1.clone()], Pooling::Mean), [5., 6.]);
+        assert_eq!(pool(&[w0, w1], Pooling::Cls), [4., 5.]);
         let mut v = vec![3., 4.];
         normalize(&mut v);
         assert_eq!(v, [0.6, 0.8]);

@@ -1,13 +1,154 @@
-//! From raw model outputs to answers, one module per task, plus what they share: stitching
-//! per-token outputs of overlapping windows back into one sequence.
+//! From raw model outputs to typed answers, one module per task, plus what they share: the
+//! answer options, stitching per-token outputs of overlapping windows back into one sequence,
+//! and small math helpers.
+//!
+//! Each task module owns its answer type, the check of the graph's output shape (done once at
+//! load) and the code that turns outputs into an answer. Adding a task touches one module and
+//! the [`Answer`] enum (plus [`crate::config::Task`]). Nothing here knows the wire format:
+//! `protocol` turns answers into JSON lines.
 
 pub mod classify;
 pub mod discriminator;
 pub mod embed;
 pub mod tag;
 
+use anyhow::Result;
+
+use crate::config::Task;
 use crate::model::RowOutput;
+use crate::tokenize::Token;
 use crate::windows::WindowPlan;
+
+pub use embed::Pooling;
+
+/// How to answer one request, with every option resolved (defaults applied).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnswerOptions {
+    /// Add `input_ids` and the raw model output to the answer.
+    pub raw: bool,
+    /// Discriminator: flag tokens whose replaced probability is above this.
+    pub threshold: f32,
+    /// Embed: pooling of `last_hidden_state`.
+    pub pooling: Pooling,
+    /// Embed: scale the vector to unit L2 norm.
+    pub normalize: bool,
+    /// Tag: include per-token labels.
+    pub tokens: bool,
+}
+
+impl Default for AnswerOptions {
+    fn default() -> Self {
+        AnswerOptions {
+            raw: false,
+            threshold: 0.5,
+            pooling: Pooling::Mean,
+            normalize: false,
+            tokens: false,
+        }
+    }
+}
+
+/// What a task turns into its answer: the text's tokens, the window plan and each window's
+/// model output, and the label names of the head (empty for heads without labels).
+pub struct Input<'a> {
+    pub tokens: &'a [Token],
+    pub plan: &'a WindowPlan,
+    pub outputs: &'a [RowOutput],
+    pub labels: &'a [String],
+}
+
+/// A task's answer. Character offsets (`start..end`) index the request's text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    Discriminator(discriminator::Answer),
+    Classify(classify::Answer),
+    Tag(tag::Answer),
+    Embed(embed::Answer),
+}
+
+/// The raw model output of an answer, as the reference runtimes give it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Logits {
+    /// One row per position (`[CLS]`, text tokens, `[SEP]`), stitched over windows.
+    PerToken(PerToken),
+    /// One vector for the whole text (classifier: the mean of the windows' logits).
+    Pooled(Vec<f32>),
+}
+
+impl Logits {
+    /// Every value, row after row.
+    pub fn values(&self) -> &[f32] {
+        match self {
+            Logits::PerToken(p) => &p.data,
+            Logits::Pooled(v) => v,
+        }
+    }
+}
+
+/// `input_ids` and the raw output, for answers asked with `raw`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Raw {
+    /// The model's input ids for the whole text: `[CLS]`, text tokens, `[SEP]`.
+    pub input_ids: Vec<i64>,
+    /// The raw output (encoders have none: their answer is the raw output).
+    pub logits: Option<Logits>,
+}
+
+/// One request's result: the task's answer, and the raw output when asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub answer: Answer,
+    pub raw: Option<Raw>,
+}
+
+/// What one window's output looks like, known once the graph is loaded: the sizes after the
+/// batch axis for a window of `positions` tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputShape {
+    pub dims: Vec<usize>,
+    pub positions: usize,
+    /// Whether axis 0 is the sequence axis.
+    pub per_token: bool,
+}
+
+impl OutputShape {
+    /// Values per position (per-token outputs) or in all (pooled outputs).
+    pub fn width(&self) -> usize {
+        let skip = usize::from(self.per_token);
+        self.dims[skip..].iter().product()
+    }
+}
+
+/// Checks once, at load, that the graph's output fits `task`; returns how many labels the
+/// head has (0 for heads without labels).
+pub fn check_output(task: Task, shape: &OutputShape) -> Result<usize> {
+    match task {
+        Task::Discriminator => discriminator::check_output(shape),
+        Task::Classify => classify::check_output(shape),
+        Task::Tag => tag::check_output(shape),
+        Task::Embed => embed::check_output(shape),
+    }
+}
+
+/// The answer of `task` for one text's model outputs, and the raw output it was made from
+/// (`None` for encoders, whose answer is the raw output).
+pub fn answer(task: Task, input: &Input, options: &AnswerOptions) -> (Answer, Option<Logits>) {
+    match task {
+        Task::Discriminator => {
+            let (a, logits) = discriminator::answer(input, options);
+            (Answer::Discriminator(a), Some(Logits::PerToken(logits)))
+        }
+        Task::Classify => {
+            let (a, logits) = classify::answer(input);
+            (Answer::Classify(a), Some(Logits::Pooled(logits)))
+        }
+        Task::Tag => {
+            let (a, logits) = tag::answer(input, options);
+            (Answer::Tag(a), Some(Logits::PerToken(logits)))
+        }
+        Task::Embed => (Answer::Embed(embed::answer(input, options)), None),
+    }
+}
 
 /// Per-position outputs for `[CLS] + text tokens + [SEP]`, as if the model had seen the whole
 /// text at once: `[CLS]` from the first window, `[SEP]` from the last, each text token from the
@@ -76,37 +217,6 @@ pub fn argmax(values: &[f32]) -> (usize, f32) {
         })
 }
 
-/// `x` as the shortest decimal that reads back as the same `f32`: JSON numbers are f64, and
-/// widening an f32 directly would print noise digits (0.4912135 as 0.49121350049972534).
-pub fn short_f64(x: f32) -> f64 {
-    x.to_string().parse().unwrap_or(f64::from(x))
-}
-
-/// serde `serialize_with` for f32 fields, see [`short_f64`].
-pub fn ser_f32<S: serde::Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(short_f64(*x))
-}
-
-/// serde `serialize_with` for f32 vectors, see [`short_f64`].
-pub fn ser_f32s<S: serde::Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|&x| short_f64(x)))
-}
-
-/// JSON array of f32 values, see [`short_f64`].
-pub fn json_f32s(v: &[f32]) -> serde_json::Value {
-    v.iter()
-        .map(|&x| serde_json::Value::from(short_f64(x)))
-        .collect()
-}
-
-/// The characters `start..end` of `text` (character offsets, not bytes).
-pub fn char_slice(text: &str, start: usize, end: usize) -> String {
-    text.chars()
-        .skip(start)
-        .take(end.saturating_sub(start))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,10 +248,5 @@ mod tests {
             assert!((a - b).abs() < 1e-6);
         }
         assert_eq!(argmax(&[0.1, 0.7, 0.7]), (1, 0.7));
-        assert_eq!(char_slice("我爱😀北京", 1, 4), "爱😀北");
-        assert_eq!(
-            json_f32s(&[0.491_213_5, 1.0]).to_string(),
-            "[0.4912135,1.0]"
-        );
     }
 }

@@ -5,37 +5,36 @@
 //! does not continue an `X` entity starts one, and a label without a prefix (other than `O`)
 //! is an entity type of its own. An entity's score is the mean of its tokens' probabilities.
 
-use serde::Serialize;
+use anyhow::{bail, Result};
 
-use super::{argmax, char_slice, softmax, PerToken};
-use crate::tokenize::Token;
+use super::{argmax, softmax, AnswerOptions, Input, OutputShape, PerToken};
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Entity {
-    #[serde(rename = "type")]
+    /// The entity type (`PER` of `B-PER`).
     pub kind: String,
-    pub text: String,
     pub start: usize,
     pub end: usize,
-    #[serde(serialize_with = "super::ser_f32")]
     pub score: f32,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+/// A text token's most probable label.
+#[derive(Clone, Debug, PartialEq)]
 pub struct TokenLabel {
-    pub text: String,
     pub start: usize,
     pub end: usize,
-    pub label: String,
-    #[serde(serialize_with = "super::ser_f32")]
+    /// Index into the head's labels.
+    pub label: usize,
     pub score: f32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     pub entities: Vec<Entity>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Per-token labels, when asked for.
     pub tokens: Option<Vec<TokenLabel>>,
+    /// The head's label names ([`TokenLabel::label`] indexes them).
+    pub labels: std::sync::Arc<[String]>,
 }
 
 /// A label split into its position tag and entity type.
@@ -62,36 +61,45 @@ fn parse_label(label: &str) -> Tag<'_> {
     }
 }
 
-pub fn answer(
-    text: &str,
-    tokens: &[Token],
-    logits: &PerToken,
-    labels: &[String],
-    with_tokens: bool,
-) -> Answer {
-    let per_token: Vec<TokenLabel> = tokens
+/// `[sequence, labels]` per window; returns the number of labels.
+pub fn check_output(shape: &OutputShape) -> Result<usize> {
+    if !shape.per_token || shape.dims.len() != 2 {
+        bail!(
+            "a tagger outputs [sequence, labels], this graph {:?}",
+            shape.dims
+        );
+    }
+    Ok(shape.dims[1])
+}
+
+/// Entities (and per-token labels when asked), and the stitched logits they came from.
+pub fn answer(input: &Input, options: &AnswerOptions) -> (Answer, PerToken) {
+    let logits = PerToken::stitch(input.plan, input.outputs);
+    let per_token: Vec<TokenLabel> = input
+        .tokens
         .iter()
         .zip(logits.text_rows())
         .map(|(t, row)| {
             let (best, score) = argmax(&softmax(row));
             TokenLabel {
-                text: char_slice(text, t.start, t.end),
                 start: t.start,
                 end: t.end,
-                label: labels[best].clone(),
+                label: best,
                 score,
             }
         })
         .collect();
-    let entities = decode(text, &per_token);
-    Answer {
+    let entities = decode(&per_token, input.labels);
+    let answer = Answer {
         entities,
-        tokens: with_tokens.then_some(per_token),
-    }
+        tokens: options.tokens.then_some(per_token),
+        labels: input.labels.into(),
+    };
+    (answer, logits)
 }
 
 /// Entity spans from labelled tokens.
-pub fn decode(text: &str, tokens: &[TokenLabel]) -> Vec<Entity> {
+pub fn decode(tokens: &[TokenLabel], labels: &[String]) -> Vec<Entity> {
     struct Open<'a> {
         kind: &'a str,
         start: usize,
@@ -104,7 +112,6 @@ pub fn decode(text: &str, tokens: &[TokenLabel]) -> Vec<Entity> {
         if let Some(o) = open {
             entities.push(Entity {
                 kind: o.kind.to_string(),
-                text: char_slice(text, o.start, o.end),
                 start: o.start,
                 end: o.end,
                 score: o.scores.iter().sum::<f32>() / o.scores.len() as f32,
@@ -120,7 +127,7 @@ pub fn decode(text: &str, tokens: &[TokenLabel]) -> Vec<Entity> {
                 scores: vec![t.score],
             })
         };
-        match parse_label(&t.label) {
+        match parse_label(&labels[t.label]) {
             Tag::Outside => close(open.take(), &mut entities),
             Tag::Begin(kind) => {
                 close(open.take(), &mut entities);
@@ -154,25 +161,33 @@ pub fn decode(text: &str, tokens: &[TokenLabel]) -> Vec<Entity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RowOutput;
+    use crate::tokenize::Token;
+    use crate::windows::WindowPlan;
 
-    fn labelled(text: &str, labels: &[&str]) -> Vec<TokenLabel> {
-        labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| TokenLabel {
-                text: char_slice(text, i, i + 1),
+    /// One token per character, token `i` labelled `labels[i]` (label index `i`).
+    fn entities(text: &str, labels: &[&str]) -> Vec<(String, String, usize, usize, f32)> {
+        let tokens: Vec<TokenLabel> = (0..labels.len())
+            .map(|i| TokenLabel {
                 start: i,
                 end: i + 1,
-                label: l.to_string(),
+                label: i,
                 score: 0.5 + i as f32 / 100.0,
+            })
+            .collect();
+        let names: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        decode(&tokens, &names)
+            .into_iter()
+            .map(|e| {
+                let t: String = text.chars().skip(e.start).take(e.end - e.start).collect();
+                (e.kind, t, e.start, e.end, e.score)
             })
             .collect()
     }
 
-    fn spans(entities: &[Entity]) -> Vec<(&str, &str, usize, usize)> {
-        entities
-            .iter()
-            .map(|e| (e.kind.as_str(), e.text.as_str(), e.start, e.end))
+    fn spans(e: &[(String, String, usize, usize, f32)]) -> Vec<(&str, &str, usize, usize)> {
+        e.iter()
+            .map(|(k, t, s, end, _)| (k.as_str(), t.as_str(), *s, *end))
             .collect()
     }
 
@@ -182,7 +197,7 @@ mod tests {
         let labels = [
             "B-PER", "I-PER", "O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "I-ORG", "I-ORG",
         ];
-        let e = decode(text, &labelled(text, &labels));
+        let e = entities(text, &labels);
         assert_eq!(
             spans(&e),
             [
@@ -191,7 +206,7 @@ mod tests {
                 ("ORG", "腾讯公司", 5, 9)
             ]
         );
-        assert!((e[0].score - (0.50 + 0.51) / 2.0).abs() < 1e-6);
+        assert!((e[0].4 - (0.50 + 0.51) / 2.0).abs() < 1e-6);
     }
 
     #[test]
@@ -199,9 +214,8 @@ mod tests {
         let text = "abcdefg";
         // I- without B- starts an entity; a type change inside closes and opens; B-B splits.
         let labels = ["I-LOC", "I-LOC", "I-PER", "O", "B-PER", "B-PER", "I-PER"];
-        let e = decode(text, &labelled(text, &labels));
         assert_eq!(
-            spans(&e),
+            spans(&entities(text, &labels)),
             [
                 ("LOC", "ab", 0, 2),
                 ("PER", "c", 2, 3),
@@ -215,9 +229,8 @@ mod tests {
     fn bioes() {
         let text = "北京大学在海淀";
         let labels = ["B-ORG", "I-ORG", "I-ORG", "E-ORG", "O", "S-LOC", "S-LOC"];
-        let e = decode(text, &labelled(text, &labels));
         assert_eq!(
-            spans(&e),
+            spans(&entities(text, &labels)),
             [
                 ("ORG", "北京大学", 0, 4),
                 ("LOC", "海", 5, 6),
@@ -228,7 +241,7 @@ mod tests {
 
     #[test]
     fn argmax_labels_from_logits() {
-        let text = "张伟";
+        // "张伟": two tokens in one window
         let tokens = [
             Token {
                 id: 1,
@@ -245,10 +258,27 @@ mod tests {
         let data = vec![
             0., 0., 0., /* 张 */ 0., 3., 0., /* 伟 */ 0., 0., 3., 0., 0., 0.,
         ];
-        let a = answer(text, &tokens, &PerToken { width: 3, data }, &labels, true);
-        assert_eq!(spans(&a.entities), [("PER", "张伟", 0, 2)]);
+        let plan = WindowPlan::new(2, 2, 0);
+        let outputs = [RowOutput {
+            shape: vec![4, 3],
+            data,
+        }];
+        let input = Input {
+            tokens: &tokens,
+            plan: &plan,
+            outputs: &outputs,
+            labels: &labels,
+        };
+        let options = AnswerOptions {
+            tokens: true,
+            ..Default::default()
+        };
+        let (a, _) = answer(&input, &options);
+        assert_eq!(a.entities.len(), 1);
+        let e = &a.entities[0];
+        assert_eq!((e.kind.as_str(), e.start, e.end), ("PER", 0, 2));
         let p = softmax(&[0., 3., 0.])[1];
-        assert!((a.entities[0].score - p).abs() < 1e-6);
-        assert_eq!(a.tokens.unwrap()[1].label, "I-PER");
+        assert!((e.score - p).abs() < 1e-6);
+        assert_eq!(a.labels[a.tokens.unwrap()[1].label], "I-PER");
     }
 }

@@ -1,16 +1,21 @@
-//! The JSON-lines contract, without I/O: one request line in, one response line out.
-//!
-//! A request line is either plain text (anything not starting with `{`), or a JSON object
-//! `{"id": <any JSON>, "text": "...", <options>}`, or a command `{"id": ..., "cmd": "ping"}`.
-//! Every line gets exactly one response line, which echoes `id` when the request had one. A
-//! line that cannot be served gets `{"id": ..., "error": {"code": ..., "message": ...}}`.
-
-use std::io::{self, BufRead};
+//! Parsing one request line: plain text, a JSON request or a command.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::tasks::embed::Pooling;
+use super::{ErrorCode, ErrorReply};
+use crate::tasks::{AnswerOptions, Pooling};
+
+/// Longest `id`, serialized; a longer one gets `too_large` (it is echoed in every answer and
+/// held while the request waits).
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Longest request line kept in memory for texts of up to `max_chars` characters; longer
+/// lines are skipped with a `too_large` error. Four bytes per character for the text plus room
+/// for the JSON around it.
+pub fn max_line_bytes(max_chars: usize) -> usize {
+    max_chars.saturating_mul(4).saturating_add(64 * 1024)
+}
 
 /// Per-request options; each overrides the command line's default for this request only.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -47,93 +52,17 @@ pub enum Line {
     Command { id: Option<Value>, cmd: Command },
 }
 
-/// Why a request line got no answer; `code` is the stable, machine-readable part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    InvalidUtf8,
-    BadJson,
-    BadRequest,
-    EmptyText,
-    TooLarge,
-    Busy,
-    Internal,
-}
-
-impl ErrorCode {
-    /// Every code, in declaration order (`code as usize` is its index here).
-    pub const ALL: [ErrorCode; 7] = [
-        ErrorCode::InvalidUtf8,
-        ErrorCode::BadJson,
-        ErrorCode::BadRequest,
-        ErrorCode::EmptyText,
-        ErrorCode::TooLarge,
-        ErrorCode::Busy,
-        ErrorCode::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidUtf8 => "invalid_utf8",
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::EmptyText => "empty_text",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::Busy => "busy",
-            ErrorCode::Internal => "internal",
+impl RequestOptions {
+    /// The options for this request: each one set here, else the default.
+    pub fn resolve(&self, defaults: &AnswerOptions) -> AnswerOptions {
+        AnswerOptions {
+            raw: self.raw.unwrap_or(defaults.raw),
+            threshold: self.threshold.unwrap_or(defaults.threshold),
+            pooling: self.pooling.unwrap_or(defaults.pooling),
+            normalize: self.normalize.unwrap_or(defaults.normalize),
+            tokens: self.tokens.unwrap_or(defaults.tokens),
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ErrorReply {
-    pub id: Option<Value>,
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl ErrorReply {
-    pub fn new(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> ErrorReply {
-        ErrorReply {
-            id,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn to_line(&self) -> String {
-        let mut error = Map::new();
-        error.insert("code".into(), self.code.as_str().into());
-        error.insert("message".into(), self.message.clone().into());
-        let mut body = Map::new();
-        body.insert("error".into(), Value::Object(error));
-        response_line(self.id.as_ref(), body)
-    }
-}
-
-/// Serializes a response body as one line (no trailing newline), `id` first when present.
-pub fn response_line(id: Option<&Value>, body: Map<String, Value>) -> String {
-    let mut out = Map::new();
-    if let Some(id) = id {
-        out.insert("id".into(), id.clone());
-    }
-    out.extend(body);
-    Value::Object(out).to_string()
-}
-
-/// The reply to a request line longer than `max_bytes` (it was not kept, so it has no `id`).
-pub fn line_too_long(bytes: usize, max_bytes: usize) -> ErrorReply {
-    ErrorReply::new(
-        None,
-        ErrorCode::TooLarge,
-        format!("request line of {bytes} bytes is longer than {max_bytes}"),
-    )
-}
-
-/// The body of the answer to `{"cmd":"ping"}`.
-pub fn pong_body() -> Map<String, Value> {
-    let mut body = Map::new();
-    body.insert("pong".into(), true.into());
-    body
 }
 
 /// Limits checked while parsing.
@@ -141,6 +70,18 @@ pub fn pong_body() -> Map<String, Value> {
 pub struct Limits {
     /// Longest accepted text, in characters.
     pub max_chars: usize,
+    /// Longest `id`, serialized.
+    pub max_id_bytes: usize,
+}
+
+impl Limits {
+    /// Texts up to `max_chars` characters, ids up to [`MAX_ID_BYTES`].
+    pub fn new(max_chars: usize) -> Limits {
+        Limits {
+            max_chars,
+            max_id_bytes: MAX_ID_BYTES,
+        }
+    }
 }
 
 /// Parses one request line (without its newline; a trailing `\r` is ignored).
@@ -166,6 +107,17 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> Result<Line, ErrorReply> {
         ));
     };
     let id = object.remove("id");
+    let id_bytes = id.as_ref().map_or(0, |id| id.to_string().len());
+    if id_bytes > limits.max_id_bytes {
+        return Err(ErrorReply::new(
+            None,
+            ErrorCode::TooLarge,
+            format!(
+                "id of {id_bytes} bytes is longer than {}",
+                limits.max_id_bytes
+            ),
+        ));
+    }
     let bad = |message: String| ErrorReply::new(id.clone(), ErrorCode::BadRequest, message);
     if let Some(cmd) = object.remove("cmd") {
         if let Some(extra) = object.keys().next() {
@@ -233,67 +185,15 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// One line read with a byte limit.
-#[derive(Debug, PartialEq, Eq)]
-pub enum BoundedLine {
-    /// The line's bytes are in the buffer (newline removed).
-    Line,
-    /// The line was longer than the limit; it was read to its end and discarded.
-    TooLong { bytes: usize },
-}
-
-/// Reads one line into `buf` (cleared first) keeping at most `max_bytes` bytes in memory: a
-/// longer line is consumed and dropped. `Ok(None)` at end of input. A last line without a
-/// newline still counts as a line.
-pub fn read_bounded_line(
-    reader: &mut impl BufRead,
-    buf: &mut Vec<u8>,
-    max_bytes: usize,
-) -> io::Result<Option<BoundedLine>> {
-    buf.clear();
-    let mut total = 0usize;
-    let mut seen_any = false;
-    loop {
-        let chunk = match reader.fill_buf() {
-            Ok(chunk) => chunk,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if chunk.is_empty() {
-            return Ok(match (seen_any, total > max_bytes) {
-                (false, _) => None,
-                (true, true) => Some(BoundedLine::TooLong { bytes: total }),
-                (true, false) => Some(BoundedLine::Line),
-            });
-        }
-        seen_any = true;
-        let (part, consumed, done) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => (&chunk[..i], i + 1, true),
-            None => (chunk, chunk.len(), false),
-        };
-        total += part.len();
-        if total <= max_bytes {
-            buf.extend_from_slice(part);
-        } else {
-            buf.clear();
-        }
-        reader.consume(consumed);
-        if done {
-            return Ok(Some(if total > max_bytes {
-                BoundedLine::TooLong { bytes: total }
-            } else {
-                BoundedLine::Line
-            }));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: Limits = Limits { max_chars: 10 };
+    const LIMITS: Limits = Limits {
+        max_chars: 10,
+        max_id_bytes: MAX_ID_BYTES,
+    };
 
     fn err(line: &[u8]) -> ErrorReply {
         parse_line(line, &LIMITS).unwrap_err()
@@ -352,33 +252,16 @@ mod tests {
     }
 
     #[test]
-    fn error_line_shape() {
-        let line = ErrorReply::new(Some(json!(1)), ErrorCode::TooLarge, "big").to_line();
-        assert_eq!(
-            line,
-            r#"{"id":1,"error":{"code":"too_large","message":"big"}}"#
-        );
-        let line = ErrorReply::new(None, ErrorCode::BadJson, "x").to_line();
-        assert_eq!(line, r#"{"error":{"code":"bad_json","message":"x"}}"#);
-    }
-
-    #[test]
-    fn bounded_lines() {
-        let input = b"short\nthis line is too long\n\nlast";
-        let mut reader = io::BufReader::with_capacity(4, &input[..]);
-        let mut buf = vec![];
-        let mut got = vec![];
-        while let Some(line) = read_bounded_line(&mut reader, &mut buf, 8).unwrap() {
-            got.push((line, String::from_utf8(buf.clone()).unwrap()));
-        }
-        assert_eq!(
-            got,
-            [
-                (BoundedLine::Line, "short".to_string()),
-                (BoundedLine::TooLong { bytes: 21 }, String::new()),
-                (BoundedLine::Line, String::new()),
-                (BoundedLine::Line, "last".to_string()),
-            ]
-        );
+    fn long_ids_are_refused() {
+        let id = "x".repeat(MAX_ID_BYTES);
+        let e = err(format!(r#"{{"id":"{id}","text":"a"}}"#).as_bytes());
+        assert_eq!((e.code, e.id), (ErrorCode::TooLarge, None));
+        assert!(e.message.contains("id of 1026 bytes"), "{}", e.message);
+        let ok = "x".repeat(MAX_ID_BYTES - 2);
+        assert!(parse_line(
+            format!(r#"{{"id":"{ok}","cmd":"ping"}}"#).as_bytes(),
+            &LIMITS
+        )
+        .is_ok());
     }
 }

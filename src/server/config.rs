@@ -1,0 +1,79 @@
+//! The server's limits and thread sizes, with their defaults.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::engine::Engine;
+use crate::protocol;
+
+/// Limits and thread sizes of the server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Inference threads.
+    pub workers: usize,
+    /// Open connections; one more gets a `busy` line and is closed.
+    pub max_connections: usize,
+    /// Longest request line kept in memory (newline excluded).
+    pub max_line_bytes: usize,
+    /// Inference requests waiting for a worker (all connections); more get `busy`.
+    pub max_queue: usize,
+    /// Lines of one connection read but not yet answered; the reader waits at the cap.
+    pub max_in_flight: usize,
+    /// A connection with nothing in flight and no byte received for this long is closed.
+    pub idle_timeout: Duration,
+    /// A client that takes no answer bytes for this long is dropped.
+    pub write_timeout: Duration,
+    /// How often blocked readers and the accept loop look at the shutdown flag.
+    pub poll_interval: Duration,
+    /// Stack sizes, set explicitly on every thread the server starts.
+    pub reader_stack: usize,
+    pub writer_stack: usize,
+    pub worker_stack: usize,
+    /// Bytes of the per-connection read buffer.
+    pub read_buffer: usize,
+}
+
+/// The defaults of `serve` (documented in `docs/serve.md`); `max_line_bytes` is the one for
+/// the default `--max-chars` ([`ServerConfig::for_engine`] sets it from the engine's).
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: 1,
+            max_connections: 64,
+            max_line_bytes: protocol::max_line_bytes(crate::engine::DEFAULT_MAX_CHARS),
+            max_queue: 64,
+            max_in_flight: 4,
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(100),
+            // serde_json stops at 128 levels of nesting: a reader needs little stack.
+            reader_stack: 256 * 1024,
+            writer_stack: 64 * 1024,
+            // tract runs on the worker's stack.
+            worker_stack: 4 * 1024 * 1024,
+            read_buffer: 8 * 1024,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The defaults for an engine: the line limit follows its `max_chars` like `run`'s.
+    pub fn for_engine(engine: &Engine) -> ServerConfig {
+        ServerConfig {
+            max_line_bytes: protocol::max_line_bytes(engine.options.max_chars),
+            ..ServerConfig::default()
+        }
+    }
+
+    /// Rejects limits that cannot work (zero workers, connections, queue or in-flight).
+    pub fn check(&self) -> Result<()> {
+        if self.workers == 0 || self.max_connections == 0 || self.max_queue == 0 {
+            bail!("--workers, --max-connections and --max-queue must be at least 1");
+        }
+        if self.max_in_flight == 0 || self.max_line_bytes == 0 {
+            bail!("--max-in-flight and --max-line-bytes must be at least 1");
+        }
+        Ok(())
+    }
+}
