@@ -670,7 +670,7 @@ pub fn add_layer_norm_f32(
 ) {
     let n = gamma.len();
     assert!(
-        n > 0 && x.len() % n == 0,
+        n > 0 && x.len().is_multiple_of(n),
         "layer norm: {} values, rows of {n}",
         x.len()
     );
