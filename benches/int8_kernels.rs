@@ -17,20 +17,9 @@ use electra_edge::int8::{pack_weights, qgemm_f32, quantized_matmul_f32, Kernel};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
+#[path = "../src/testutil.rs"]
+mod testutil;
+use testutil::XorShift;
 
 /// Best (minimum) seconds per call over calls until `budget` is spent (at least 5 calls): the
 /// host is shared, the minimum is the most stable statistic. With `cpu`, the calling thread's
@@ -166,11 +155,11 @@ fn main() {
         "{:>16} {:>8} {:>10} {:>10} {:>10} {:>10}",
         "M x K x N", "kernel", "gemm GMAC/s", "op GMAC/s", "op us", "f32 GMAC/s"
     );
-    let mut rng = XorShift(0x2545F4914F6CDD1D);
+    let mut rng = XorShift::new(0x2545F4914F6CDD1D);
     for (m, k, n) in shapes {
         let macs = (m * k * n) as f64;
-        let x: Vec<f32> = (0..m * k).map(|_| rng.f32() * 3.0).collect();
-        let wf: Vec<f32> = (0..k * n).map(|_| rng.f32() * 0.05).collect();
+        let x: Vec<f32> = (0..m * k).map(|_| rng.f32(-1.0, 1.0) * 3.0).collect();
+        let wf: Vec<f32> = (0..k * n).map(|_| rng.f32(-1.0, 1.0) * 0.05).collect();
         let w8: Vec<u8> = wf
             .iter()
             .map(|v| ((v / 0.05 * 127.0).round() as i8) as u8)

@@ -674,14 +674,8 @@ fn parse_proc_net_unix(text: &str, ino: u64) -> Option<(u32, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
     use std::os::fd::{AsRawFd, IntoRawFd};
-
-    fn tempdir(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("ee-sd-unit-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
 
     fn recv(sock: &UnixDatagram) -> String {
         let mut buf = [0u8; 4096];
@@ -706,7 +700,7 @@ mod tests {
 
     #[test]
     fn notifier_path_and_abstract() {
-        let dir = tempdir("notifier");
+        let dir = TempDir::new("sd-unit-notifier");
         let path = dir.join("notify.sock");
         let rx = UnixDatagram::bind(&path).unwrap();
         let n = Notifier::new(path.to_str().unwrap()).unwrap();
@@ -723,7 +717,6 @@ mod tests {
             .send("STOPPING=1")
             .unwrap();
         assert_eq!(recv(&rx2), "STOPPING=1");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -823,7 +816,7 @@ mod tests {
     #[test]
     fn take_fds_real_listener() {
         use std::io::{Read, Write};
-        let dir = tempdir("take");
+        let dir = TempDir::new("sd-unit-take");
         let path = dir.join("l.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let raw = listener.into_raw_fd(); // we give up ownership, as if it was passed to us
@@ -852,12 +845,11 @@ mod tests {
         let mut buf = [0u8; 2];
         s.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hi");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn rejects_non_listening_and_datagram() {
-        let dir = tempdir("reject");
+        let dir = TempDir::new("sd-unit-reject");
         // A datagram socket.
         let d = UnixDatagram::bind(dir.join("d.sock")).unwrap();
         let err = check_unix_stream_listener(OwnedFd::from(d)).unwrap_err();
@@ -869,12 +861,11 @@ mod tests {
         // Not a socket at all.
         let f = std::fs::File::open("/proc/self/status").unwrap();
         assert!(check_unix_stream_listener(OwnedFd::from(f)).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn watchdog_pings_while_healthy_and_withholds_when_wedged() {
-        let dir = tempdir("wd");
+        let dir = TempDir::new("sd-unit-wd");
         let path = dir.join("n.sock");
         let rx = UnixDatagram::bind(&path).unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -933,7 +924,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         wd.stop();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
