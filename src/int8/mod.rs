@@ -40,6 +40,7 @@
 //! at least 10.x) has neither AVX-VNNI nor AVX-512, so the real VNNI kernels only run on such
 //! a CPU.
 
+pub mod gelu;
 mod gemm;
 pub mod op;
 pub mod pack;

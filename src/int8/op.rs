@@ -40,7 +40,7 @@ pub struct QMatMul {
     /// Column split; 1 = on the calling thread.
     pub threads: usize,
     /// `Some(div)`: torch's erf GELU applied to the output, `y * (erf(y / div) + 1) * 0.5`
-    /// (installed by [`crate::ops::fuse_transformer_ops`]).
+    /// (installed by the `ops` rewrite).
     pub gelu: Option<f32>,
 }
 
@@ -116,7 +116,7 @@ impl EvalOp for QMatMul {
                 self.threads,
             );
             if let Some(div) = self.gelu {
-                crate::ops::kernels::gelu_f32(crate::ops::OpsKernel::best(), ys, div);
+                super::gelu::gelu_f32(true, ys, div);
             }
         }
         Ok(tvec!(y.into_tvalue()))
