@@ -189,10 +189,8 @@ mod tests {
         let c = ModelConfig::parse(r#"{"architectures":["BertForMaskedLM","BertModel"]}"#).unwrap();
         assert_eq!(c.task().unwrap(), Task::Embed);
         // the shared MiniLM fixture's config (a real sentence-transformers export)
-        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures/minilm-l6/config.json");
-        let c = ModelConfig::load(&fixture)
-            .unwrap_or_else(|e| panic!("{e:#}: put the shared fixtures beside the repository"));
+        let fixture = crate::testutil::fixture("minilm-l6/config.json");
+        let c = ModelConfig::load(&fixture).unwrap();
         assert_eq!(c.task().unwrap(), Task::Embed);
         assert_eq!(c.hidden_size, Some(384));
     }

@@ -467,18 +467,11 @@ mod tests {
     #[test]
     fn real_exports_are_recognised() {
         // the committed demo folder (int8) and, when present beside the repo, an fp32 fixture
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let demo = root.join("models/demo/discriminator/model.onnx");
+        let demo = crate::testutil::demo_models().join("discriminator/model.onnx");
         assert_eq!(int8_op(&demo).unwrap(), Some("DynamicQuantizeLinear"));
-        let fixtures = root.join("../shared/fixtures");
-        let fp32 = fixtures.join("electra-tiny-zh/discriminator/model.fp32.onnx");
-        assert!(
-            fp32.is_file(),
-            "missing fixture {}: put the shared fixtures beside the repository",
-            fp32.display()
-        );
+        let fp32 = crate::testutil::fixture("electra-tiny-zh/discriminator/model.fp32.onnx");
         assert_eq!(int8_op(&fp32).unwrap(), None);
-        assert!(int8_op(&fixtures.join("minilm-l6/model.onnx"))
+        assert!(int8_op(&crate::testutil::fixture("minilm-l6/model.onnx"))
             .unwrap()
             .is_some());
     }

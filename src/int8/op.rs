@@ -578,10 +578,8 @@ mod tests {
             .map(|h| fixture(&format!("electra-tiny-zh/{h}/model.onnx")))
             .collect();
         for h in ["discriminator", "classifier", "tagger", "encoder"] {
-            v.push(format!(
-                "{}/models/demo/{h}/model.onnx",
-                env!("CARGO_MANIFEST_DIR")
-            ));
+            let demo = crate::testutil::demo_models().join(h).join("model.onnx");
+            v.push(demo.display().to_string());
         }
         for p in &v {
             assert!(std::path::Path::new(p).is_file(), "model {p} is missing");
@@ -657,10 +655,10 @@ mod tests {
     #[test]
     fn sidecar_round_trip() -> TractResult<()> {
         use crate::int8::sidecar::{fingerprint, sidecar_bytes, write_sidecar};
-        let demo = format!(
-            "{}/models/demo/discriminator/model.onnx",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let demo = crate::testutil::demo_models()
+            .join("discriminator/model.onnx")
+            .display()
+            .to_string();
         let tiny = tiny();
         assert!(std::path::Path::new(&demo).is_file(), "{demo} is missing");
         let base = typed(&tiny)?;

@@ -7,11 +7,7 @@ use super::tests::kernels_here;
 use super::*;
 use crate::int8::fuse_quantized_matmuls;
 
-fn fixture(rel: &str) -> std::path::PathBuf {
-    let root = std::env::var("ELECTRA_EDGE_FIXTURES")
-        .unwrap_or(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures").into());
-    std::path::Path::new(&root).join(rel)
-}
+use crate::testutil::fixture;
 
 fn typed(path: &std::path::Path) -> TractResult<TypedModel> {
     let mut model = tract_onnx::onnx()
