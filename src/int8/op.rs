@@ -524,21 +524,26 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
     }))
 }
 
+/// Test support: an ONNX file parsed and typed with inputs `[1, S]` (S symbolic), the way
+/// the loader binds them, without the loader's memory tricks.
+#[cfg(test)]
+pub(crate) fn typed_for_tests(path: impl AsRef<std::path::Path>) -> TractResult<TypedModel> {
+    use tract_onnx::prelude::*;
+    let mut model = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .model_for_path(path)?;
+    let s = model.symbols.sym("S");
+    for ix in 0..model.input_outlets()?.len() {
+        model.set_input_fact(ix, i64::fact([1.to_dim(), s.to_dim()]).into())?;
+    }
+    model.into_typed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::prelude::*;
 
-    fn typed(path: &str) -> TractResult<TypedModel> {
-        let mut model = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_path(path)?;
-        let s = model.symbols.sym("S");
-        for ix in 0..model.input_outlets()?.len() {
-            model.set_input_fact(ix, i64::fact([1.to_dim(), s.to_dim()]).into())?;
-        }
-        model.into_typed()
-    }
+    use super::typed_for_tests as typed;
 
     /// The shared fixtures: `$ELECTRA_EDGE_FIXTURES`, else `../shared/fixtures` next to the repo
     /// (as in `tests/python/conftest.py`).

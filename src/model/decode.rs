@@ -27,11 +27,11 @@ pub(super) fn decode(
     if len == 0 {
         bail!("{} is empty", path.display());
     }
-    // SAFETY: the map is only read while loading (decode, then tract's parse reads the big
+    // The map is only read while loading (decode, then tract's parse reads the big
     // initializers from it through `MapResolver`) and is dropped before the load returns
-    // (tract copies what it keeps). Another process truncating or rewriting the file during
-    // those milliseconds could make the read fault or see torn bytes; the deployment rule
-    // (module docs, README) is to replace model files by rename, never in place.
+    // (tract copies what it keeps).
+    // SAFETY: read-only and short-lived; the file is never changed in place while mapped (the
+    // deployment rule, module docs and README: model files are replaced by rename).
     let map = unsafe { Mmap::map(&file) }
         .with_context(|| format!("cannot memory-map {}", path.display()))?;
     let mut proto = ModelProto::decode(&map[..]).map_err(|e| {

@@ -81,14 +81,13 @@ fn open_sidecar(path: &Path) -> Result<Option<Sidecar>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
-    // SAFETY: the mapping lives as long as the packed weights borrowed from it (the plan). It
-    // is read-only and private to us; what guards it: (1) the deployment rule (module docs):
-    // sidecars are only ever replaced by rename, never truncated or rewritten in place, so the
-    // inode we mapped keeps its bytes; (2) before any weight is used, the header, index and
-    // every entry's bounds are checked against the mapped length (`Sidecar::parse`,
-    // `PackedWeights::from_shared`), the fingerprint against the model file's, and each entry
-    // against the graph's weights. An in-place truncation after these checks is the one case
-    // left: a SIGBUS, as for any memory-mapped file.
+    // The mapping lives as long as the packed weights borrowed from it (the plan). Before any
+    // weight is used, the header, index and every entry's bounds are checked against the
+    // mapped length (`Sidecar::parse`, `PackedWeights::from_shared`), the fingerprint against
+    // the model file's, and each entry against the graph's weights.
+    // SAFETY: read-only and private to us; sidecars are only replaced by rename, never
+    // truncated or rewritten in place (module docs), so the mapped inode keeps its bytes (an
+    // in-place truncation would be a SIGBUS, as for any memory-mapped file).
     let map = unsafe { Mmap::map(&file) }
         .with_context(|| format!("cannot memory-map {}", path.display()))?;
     let sidecar = Sidecar::parse(Arc::new(map)).with_context(|| path.display().to_string())?;

@@ -9,16 +9,7 @@ use crate::int8::fuse_quantized_matmuls;
 
 use crate::testutil::fixture;
 
-fn typed(path: &std::path::Path) -> TractResult<TypedModel> {
-    let mut model = tract_onnx::onnx()
-        .with_ignore_value_info(true)
-        .model_for_path(path)?;
-    let s = model.symbols.sym("S");
-    for ix in 0..model.input_outlets()?.len() {
-        model.set_input_fact(ix, i64::fact([1.to_dim(), s.to_dim()]).into())?;
-    }
-    model.into_typed()
-}
+use crate::int8::op::typed_for_tests as typed;
 
 /// Token ids, and an attention mask with the last `pad` positions masked.
 fn inputs(model: &TypedModel, seq: usize, pad: usize) -> TractResult<TVec<TValue>> {
