@@ -57,6 +57,12 @@ if [ -n "$budget_bin" ]; then
         opts+=("${words[$i]}")
         i=$((i + 1))
     done
+    # Without --workers the service starts as many workers as the cores, fewer if MemoryMax
+    # cannot hold their budget (at least one): what must fit is one worker.
+    case " ${opts[*]} " in
+        *" --workers "*) ;;
+        *) opts+=(--workers 1) ;;
+    esac
     json="$("$budget_bin" serve --print-budget --model "$budget_model" "${opts[@]}" | grep '^{')" ||
         { echo "verify-units: FAILED: $budget_bin serve --print-budget gave no budget" >&2; exit 1; }
     total="$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')"

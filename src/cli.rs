@@ -82,9 +82,14 @@ pub struct ServeArgs {
     /// Longest request line in bytes (default: 4 x --max-chars + 64 KiB).
     #[arg(long)]
     pub max_line_bytes: Option<usize>,
-    /// Inference requests waiting for a worker, all connections together; more get busy.
+    /// Inference requests waiting for a worker, all connections together; at the cap readers
+    /// wait for a slot.
     #[arg(long, default_value_t = ServerConfig::default().max_queue)]
     pub max_queue: usize,
+    /// MiB that requests and their answers may hold from reading until the answer is written,
+    /// all connections together; at the cap readers wait.
+    #[arg(long, default_value_t = ServerConfig::default().max_held_bytes >> 20)]
+    pub max_held_mib: u64,
     /// Requests of one connection read but not yet answered; the server stops reading there.
     #[arg(long, default_value_t = ServerConfig::default().max_in_flight)]
     pub max_in_flight: usize,

@@ -192,7 +192,16 @@ fn ping_stats_and_answers_match_run() {
 fn every_bad_line_gets_one_error_and_the_connection_stays_usable() {
     let server = Running::start("errors", |_| {});
     let mut c = server.client();
-    let nested = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    // past serde_json's 128 levels: refused by the parser
+    let nested = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+    // so dense in values that its tree could be ~5 MB: refused before parsing
+    let dense = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    // 127 levels: parsed on the connection's reader thread (its stack holds that depth)
+    let deep_id = format!(
+        r#"{{"id":{}0{},"text":"深"}}"#,
+        "[".repeat(126),
+        "]".repeat(126)
+    );
     let long_text = format!(r#"{{"id":"long","text":"{}"}}"#, "长".repeat(20_001));
     let lines: Vec<(Vec<u8>, Option<&str>)> = vec![
         (b"\xff\xfe\x00 not utf-8".to_vec(), Some("invalid_utf8")),
@@ -207,6 +216,8 @@ fn every_bad_line_gets_one_error_and_the_connection_stays_usable() {
         (b"{}}".to_vec(), Some("bad_json")),
         (b"{\"id\":5,\"text\":\"x\"".to_vec(), Some("bad_json")),
         (nested.into_bytes(), Some("bad_json")),
+        (dense.into_bytes(), Some("too_large")),
+        (deep_id.into_bytes(), None),
         (
             br#"{"id":6,"text":"x","colour":"red"}"#.to_vec(),
             Some("bad_request"),
@@ -251,7 +262,7 @@ fn every_bad_line_gets_one_error_and_the_connection_stays_usable() {
     assert_eq!(last["tokens"].as_array().unwrap().len(), 2);
     let s = server.stats();
     assert_eq!(s["errors"]["bad_json"], 6);
-    assert_eq!(s["errors"]["too_large"], 3);
+    assert_eq!(s["errors"]["too_large"], 4);
     drop(c);
     let report = server.stop();
     assert_eq!(report.answered, report.requests);
@@ -647,11 +658,15 @@ struct Process {
 
 impl Process {
     fn start(dir: &Path, extra: &[&str]) -> Process {
+        Process::start_model(dir, &tiny(), extra)
+    }
+
+    fn start_model(dir: &Path, model: &Path, extra: &[&str]) -> Process {
         let path = dir.join("s.sock");
         let mut child = electra_edge()
             .arg("serve")
             .arg("--model")
-            .arg(tiny())
+            .arg(model)
             .arg("--socket")
             .arg(&path)
             .args(extra)
@@ -833,7 +848,7 @@ fn print_budget_prints_the_formula_parts() {
         get("base")
             + get("workers")
             + get("connections")
-            + get("queue")
+            + get("held")
             + get("parsing")
             + get("slack")
     );
@@ -959,6 +974,90 @@ fn load_64_clients_every_request_answered_once_within_budget() {
     assert_eq!((answered, unanswered), (requests, 0));
 }
 
+/// The service's load case with `serve`'s defaults (no flags) on the small model: 32, then 64
+/// clients, each writing its 100 requests before reading (the queue's 64 slots fill at once;
+/// readers wait for room instead of answering `busy`). Every id is answered once, in order,
+/// without an error, and the peak RSS stays within the stated budget, which is at most 128 MiB
+/// (`MemoryMax=` of the unit) for 2 workers.
+#[test]
+fn pipelining_clients_on_the_small_model_with_default_limits() {
+    let dir = TempDir::new("pipelined");
+    let small = fixtures().join("electra-small-zh/discriminator");
+    // the default workers are the cores: fixed at this machine's CI size
+    let server = Process::start_model(dir.path(), &small, &["--workers", "2"]);
+    let stats = || Client::connect(&server.path).ask(r#"{"cmd":"stats"}"#)["stats"].clone();
+    let budget = stats()["budget"]["total"].as_u64().unwrap();
+    assert!(budget <= 128 << 20, "default budget {budget} over 128 MiB");
+    let mut sent = 0;
+    for clients in [32, 64] {
+        // every earlier connection has ended (64 clients are the default --max-connections)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats()["connections"] != 1 {
+            assert!(Instant::now() < deadline, "connections still open");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        let handles: Vec<_> = (0..clients)
+            .map(|client| {
+                let path = server.path.clone();
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(&path);
+                    let texts = ["你好", "今天天气很好", "我爱北京天安门", "边缘设备上的推理"];
+                    let mut lines = String::new();
+                    for i in 0..100 {
+                        let text = texts[(client + i) % 4];
+                        lines += &format!("{{\"id\":\"{client}-{i}\",\"text\":\"{text}\"}}\n");
+                    }
+                    c.send(lines.as_bytes());
+                    for i in 0..100 {
+                        let a = c.recv().expect("an answer per request");
+                        assert_eq!(a["id"], format!("{client}-{i}"), "{a}");
+                        assert_eq!(code(&a), None, "{a}");
+                        assert!(!a["tokens"].as_array().unwrap().is_empty(), "{a}");
+                    }
+                    c.writer.shutdown(std::net::Shutdown::Write).unwrap();
+                    assert!(c.recv().is_none(), "no extra answers");
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        sent += clients * 100;
+        eprintln!(
+            "pipelined: {clients} clients x 100 requests in {:.1?}",
+            started.elapsed()
+        );
+    }
+    let st = stats();
+    assert_eq!(st["inferences"], sent as u64);
+    let errors = st["errors"].as_object().unwrap();
+    assert!(errors.values().all(|n| n == 0), "{st}");
+    // every reservation is given back (by the writers, just after their last answers)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats()["held_bytes"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "bytes still held after every answer"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let hwm = server.vm("VmHWM:");
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "pipelined: peak RSS {:.1} MiB, budget {:.1} MiB",
+        mib(hwm),
+        mib(budget)
+    );
+    assert!(hwm <= budget, "peak RSS {hwm} over the budget {budget}");
+    server.signal("TERM");
+    let (ok, stderr) = server.wait(Duration::from_secs(20));
+    assert!(ok, "{stderr}");
+    let (requests, answered, unanswered) = stopped_counts(&stderr);
+    assert_eq!((answered, unanswered), (requests, 0));
+}
+
 #[test]
 fn sigterm_under_load_answers_every_accepted_request() {
     let dir = TempDir::new("term");
@@ -987,8 +1086,10 @@ fn sigterm_under_load_answers_every_accepted_request() {
 
 #[test]
 fn worst_case_the_limits_allow_stays_within_budget() {
-    // Every connection holds `max_in_flight` of the longest answers (max_chars characters, raw
-    // logits on) while its client reads nothing; both workers build such answers.
+    // Every connection has `max_in_flight` of the longest requests (max_chars characters, raw
+    // logits on) read while its client reads nothing: their answers pile up until the held
+    // bytes reach `--max-held-mib` (the other requests wait for room); both workers build
+    // such answers.
     let dir = TempDir::new("worst");
     let server = Process::start(
         dir.path(),
@@ -1015,7 +1116,7 @@ fn worst_case_the_limits_allow_stays_within_budget() {
         .cycle()
         .take(2000)
         .collect();
-    let mut clients: Vec<Client> = (0..64)
+    let clients: Vec<Client> = (0..64)
         .map(|i| {
             let mut c = Client::connect(&server.path);
             for j in 0..4 {
@@ -1027,12 +1128,22 @@ fn worst_case_the_limits_allow_stays_within_budget() {
     let started = Instant::now();
     loop {
         let s = stats.ask(r#"{"cmd":"stats"}"#)["stats"].clone();
-        if s["inferences"] == 256 {
+        let held = s["held_bytes"].as_u64().unwrap();
+        let full = held + s["budget"]["max_response"].as_u64().unwrap()
+            > s["limits"]["max_held_bytes"].as_u64().unwrap();
+        if s["inferences"] == 256 || (full && s["queue_depth"] == 0) {
+            eprintln!(
+                "worst case: {} answers held ({:.1} MiB)",
+                s["inferences"],
+                held as f64 / (1 << 20) as f64
+            );
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "{s}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // the last admitted request may still be running
+    std::thread::sleep(Duration::from_millis(500));
     let hwm = server.vm("VmHWM:");
     eprintln!(
         "worst case: peak RSS {:.1} MiB, budget {:.1} MiB",
@@ -1040,13 +1151,24 @@ fn worst_case_the_limits_allow_stays_within_budget() {
         budget as f64 / (1 << 20) as f64
     );
     assert!(hwm <= budget, "peak RSS {hwm} over the budget {budget}");
-    for (i, c) in clients.iter_mut().enumerate() {
-        for j in 0..4 {
-            let a = c.recv().unwrap();
-            assert_eq!(a["id"], format!("{i}-{j}"));
-            assert_eq!(a["tokens"].as_array().unwrap().len(), 2000);
-        }
+    // all clients read now (what each takes frees room for the requests still waiting)
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            std::thread::spawn(move || {
+                for j in 0..4 {
+                    let a = c.recv().unwrap();
+                    assert_eq!(a["id"], format!("{i}-{j}"), "{a}");
+                    assert_eq!(a["tokens"].as_array().unwrap().len(), 2000);
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
     }
+    assert_eq!(stats.ask(r#"{"cmd":"stats"}"#)["stats"]["inferences"], 256);
 }
 
 #[test]
@@ -1060,9 +1182,11 @@ fn json_bombs_are_parsed_within_budget() {
         .as_u64()
         .unwrap();
     let max_line = electra_edge::protocol::max_line_bytes(2000);
+    let max_tree = server::max_tree_bytes(max_line);
+    // as many values as the server still parses (on its one parser thread)
     let bomb = |prefix: &str, suffix: &str| {
         let mut line = prefix.to_string();
-        while line.len() + 4 + suffix.len() < max_line - 64 {
+        while server::json_tree_bound(format!("{line}[0],[0]{suffix}").as_bytes()) <= max_tree {
             line.push_str("[0],");
         }
         line.push_str("[0]");
@@ -1072,7 +1196,17 @@ fn json_bombs_are_parsed_within_budget() {
     };
     let unknown_field = bomb(r#"{"id":1,"text":"a","x":["#, "]}");
     let huge_id = bomb(r#"{"id":["#, r#"],"text":"a"}"#);
-    assert!(server::json_tree_bound(unknown_field.as_bytes()) > server::FREE_PARSE_BYTES);
+    for line in [&unknown_field, &huge_id] {
+        let tree = server::json_tree_bound(line.as_bytes());
+        assert!(
+            tree > server::FREE_PARSE_BYTES && tree <= max_tree,
+            "{tree}"
+        );
+    }
+    // one value more: refused unparsed
+    let denser = unknown_field.replacen("[0],", "[0],[0],", 1);
+    assert!(server::json_tree_bound(denser.as_bytes()) > max_tree);
+    assert_eq!(code(&stats.ask(denser.trim_end())), Some("too_large"));
     let clients: Vec<_> = (0..63)
         .map(|i| {
             let path = server.path.clone();

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::{available_cores, split_cores, ServeArgs};
 use crate::engine::Engine;
+use crate::procfs;
 use crate::server::{
     parse_group, parse_mode, serve_with_budget, Budget, ServerConfig, Shutdown, SocketFile,
 };
@@ -54,7 +55,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             "{workers} workers x {threads} threads oversubscribe the {cores} cores available"
         );
     }
-    let engine = Engine::load(&args.model.model, args.model.engine_options(threads))?;
+    let mut engine = Engine::load(&args.model.model, args.model.engine_options(threads))?;
     let mut config = ServerConfig::for_engine(&engine);
     config.workers = workers;
     config.max_connections = args.max_connections;
@@ -62,13 +63,41 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         config.max_line_bytes = bytes;
     }
     config.max_queue = args.max_queue;
+    config.max_held_bytes = args
+        .max_held_mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| anyhow!("--max-held-mib {} is too large", args.max_held_mib))?;
     config.max_in_flight = args.max_in_flight;
     config.queue_timeout = seconds(args.queue_timeout, "--queue-timeout")?;
     config.idle_timeout = seconds(args.idle_timeout, "--idle-timeout")?;
     config.write_timeout = seconds(args.write_timeout, "--write-timeout")?;
     config.check()?;
     let _ = systemd::status("warming up at the largest window");
-    let budget = Budget::measure(&engine, &config)?;
+    let mut budget = Budget::measure(&engine, &config)?;
+    // Default workers: as many as the cores, unless the cgroup's memory limit (MemoryMax=)
+    // cannot hold their budget; then fewer, each with more threads.
+    if let (None, Some(limit)) = (args.workers, procfs::cgroup_memory_max()) {
+        let fit = budget.workers_within(&config, limit);
+        if fit < config.workers {
+            log::warn!(
+                "{} workers need a budget of {:.1} MiB, over the cgroup's memory limit of {:.1} \
+                 MiB: starting {fit} (--workers overrides)",
+                config.workers,
+                budget.total as f64 / (1 << 20) as f64,
+                limit as f64 / (1 << 20) as f64,
+            );
+            config.workers = fit;
+            let (_, threads_now) = split_cores(cores, Some(fit), args.model.threads);
+            if threads_now != threads {
+                // the int8 and attention ops take their thread count at load
+                drop(engine);
+                engine = Engine::load(&args.model.model, args.model.engine_options(threads_now))?;
+                budget = Budget::measure(&engine, &config)?;
+            } else {
+                budget = budget.for_config(&config);
+            }
+        }
+    }
     let Some(listener) = listener else {
         println!("{}", budget.to_json());
         eprintln!("electra-edge: {budget}");

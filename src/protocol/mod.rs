@@ -21,7 +21,8 @@ pub use answer::{answer_line, write_answer};
 pub use error::{line_too_long, ErrorCode, ErrorReply};
 pub use lines::{read_bounded_line, BoundedLine};
 pub use request::{
-    max_line_bytes, parse_line, Command, Limits, Line, Request, RequestOptions, MAX_ID_BYTES,
+    max_line_bytes, parse_line, value_heap_bytes, Command, Limits, Line, Request, RequestOptions,
+    MAX_ID_BYTES, MAX_ID_HEAP_BYTES,
 };
 
 /// Serializes a response body as one line (no trailing newline), `id` first when present.

@@ -10,6 +10,11 @@ use crate::tasks::{AnswerOptions, Pooling};
 /// held while the request waits).
 pub const MAX_ID_BYTES: usize = 1024;
 
+/// Most heap an `id` of up to [`MAX_ID_BYTES`] serialized can hold as parsed (see
+/// [`value_heap_bytes`]): at most ~48 bytes per serialized byte, for `[[],[],...]` (a 72-byte
+/// `Value` per 3 bytes, and the array's capacity up to twice its length).
+pub const MAX_ID_HEAP_BYTES: usize = 64 * MAX_ID_BYTES;
+
 /// Longest request line kept in memory for texts of up to `max_chars` characters; longer
 /// lines are skipped with a `too_large` error. Four bytes per character for the text plus room
 /// for the JSON around it.
@@ -38,6 +43,32 @@ pub struct Request {
     pub id: Option<Value>,
     pub text: String,
     pub options: RequestOptions,
+}
+
+impl Request {
+    /// Bytes this request holds on the heap while it waits and until its answer is written
+    /// (the text, the id's tree, the struct; what a server reserves for it, with the answer).
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Request>()
+            + self.text.capacity()
+            + self.id.as_ref().map_or(0, value_heap_bytes)
+    }
+}
+
+/// An upper estimate of the heap a parsed JSON value holds (`serde_json` with
+/// `preserve_order`): strings their capacity, arrays one `Value` per element, objects ~96 bytes
+/// per entry (key, value and index slots) besides the key's text.
+pub fn value_heap_bytes(value: &Value) -> usize {
+    const VALUE: usize = std::mem::size_of::<Value>();
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => a.capacity() * VALUE + a.iter().map(value_heap_bytes).sum::<usize>(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| 96 + VALUE + k.capacity() + value_heap_bytes(v))
+            .sum(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +280,47 @@ mod tests {
             ErrorCode::TooLarge
         );
         assert!(parse_line("一二三四五六七八九十".as_bytes(), &LIMITS).is_ok());
+    }
+
+    /// The heap bound of an id holds for the densest ids of [`MAX_ID_BYTES`] serialized.
+    #[test]
+    fn the_heaviest_ids_stay_within_their_bound() {
+        let dense = |unit: &str, open: char, close: char| {
+            let mut s = String::from(open);
+            while s.len() + unit.len() + 1 < MAX_ID_BYTES {
+                s.push_str(unit);
+            }
+            s.pop();
+            s.push(close);
+            s
+        };
+        let mut object = String::from("{");
+        for key in 0.. {
+            let entry = format!("\"{key}\":0,");
+            if object.len() + entry.len() >= MAX_ID_BYTES {
+                break;
+            }
+            object.push_str(&entry);
+        }
+        object.pop();
+        object.push('}');
+        for id in [
+            object,
+            dense("[],", '[', ']'),
+            dense("0,", '[', ']'),
+            format!("{}{}", "[".repeat(100), "]".repeat(100)),
+            format!("\"{}\"", "x".repeat(MAX_ID_BYTES - 2)),
+        ] {
+            assert!(id.len() <= MAX_ID_BYTES, "{}", id.len());
+            let line = format!(r#"{{"id":{id},"text":"a"}}"#);
+            let Line::Infer(r) = parse_line(line.as_bytes(), &LIMITS).unwrap() else {
+                panic!("{id}")
+            };
+            let heap = value_heap_bytes(r.id.as_ref().unwrap());
+            assert!(heap > id.len() / 2, "{heap} for {id}");
+            assert!(heap <= MAX_ID_HEAP_BYTES, "{heap} for {id}");
+            assert!(r.heap_bytes() >= heap + r.text.len());
+        }
     }
 
     #[test]

@@ -3,12 +3,18 @@
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use super::gate::{FREE_PARSE_BYTES, JSON_AMPLIFICATION};
+use super::gate::{max_tree_bytes, FREE_PARSE_BYTES};
 use super::ServerConfig;
 use crate::engine::Engine;
 use crate::procfs::rss;
-use crate::protocol::MAX_ID_BYTES;
+use crate::protocol::{Request, MAX_ID_BYTES, MAX_ID_HEAP_BYTES};
 use crate::tasks::AnswerOptions;
+
+/// Bytes a held request costs besides its text, id and answer (the job, the boxed reply, the
+/// channel slot).
+const HELD_OVERHEAD: u64 = 1024;
+/// A reply that is an error line: its message and an echoed id.
+const ERROR_LINE: u64 = MAX_ID_BYTES as u64 + 1024;
 
 /// The fixed memory budget: what the process needs at most for the worst case the limits
 /// allow. All values in bytes.
@@ -18,41 +24,49 @@ use crate::tasks::AnswerOptions;
 ///       + (workers - 1) * window_peak
 ///       + workers * (worker_stack + request_state)
 ///       + max_connections * per_connection
-///       + max_queue * (max_line_bytes + 128 * MAX_ID_BYTES)
+///       + held
 ///       + parsing
 ///       + slack
 /// per_connection = reader_stack + writer_stack + read_buffer + write_buffer + max_line_bytes
-///                + max_in_flight * max_response
+///                + max_in_flight * error_line
+/// held           = max(max_held_bytes, max_response)
 /// request_state  = 4 * max_response        (tokens, window outputs, stitched outputs)
-/// parsing        = max_connections * FREE_PARSE_BYTES + 128 * max_line_bytes
-/// slack          = (everything above) / 8  (allocator arenas and fragmentation)
+/// parsing        = max_connections * FREE_PARSE_BYTES + max_tree_bytes(max_line_bytes)
+/// slack          = (everything above but base) / 8  (allocator arenas and fragmentation)
 /// ```
+///
+/// `held`: every inference request reserves, when it is queued, what it will hold until its
+/// answer is written: its text and id ([`Request::heap_bytes`]) and a typed answer of its length
+/// (`answer_per_char` x characters, [`crate::tasks::Response::heap_bytes`]: numbers and
+/// character offsets; the writer serializes answers straight into its 8 KiB buffer, a finished
+/// JSON line is never held). Requests wait for room under `max_held_bytes` (all connections
+/// together), so this term does not grow with the connections.
 ///
 /// `parsing`: a JSON line becomes a tree of up to ~100 times its size while it is parsed (a
 /// line of `[0],[0],...` does). Lines whose tree may exceed `FREE_PARSE_BYTES` (estimated from
-/// their structure, see [`json_tree_bound`]) are parsed one at a time on one thread (one
-/// allocator arena keeps their freed memory, not one per connection); a request's `id` is kept
-/// only up to `MAX_ID_BYTES` serialized (it is echoed in every answer).
+/// their structure, see [`super::json_tree_bound`]) are parsed one at a time on one thread (one
+/// allocator arena keeps their freed memory, not one per connection); lines whose tree may
+/// exceed [`max_tree_bytes`] (far more JSON values than a request has) are refused unparsed.
 ///
 /// `base` is `VmHWM` after the model is loaded and one full-size window (the longest the model
 /// runs) went through it with every answer option on: weights, plan, tokenizer and one window's
 /// peak activations. `window_peak` is how much that one run raised the high-water mark (each
-/// further worker can hold one). `max_response` is the most an answer holds until its
-/// connection's writer has written it: the request (text and id) and the typed answer (numbers
-/// and character offsets, [`crate::tasks::Response::heap_bytes`]), scaled from that run's
-/// answer to `max_chars` characters. The writer serializes answers straight into its 8 KiB
-/// buffer: a finished answer line (~3-6 times the typed answer) is never held.
+/// further worker can hold one). `answer_per_char` is that run's typed answer per character;
+/// `max_response` what the longest request (`max_chars` characters of 4 bytes, the largest id)
+/// holds with its answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Budget {
     pub model_file: u64,
     pub base: u64,
     pub window_peak: u64,
+    pub answer_per_char: u64,
+    pub max_chars: u64,
     pub max_response: u64,
     pub request_state: u64,
     pub per_connection: u64,
     pub connections: u64,
     pub workers: u64,
-    pub queue: u64,
+    pub held: u64,
     pub parsing: u64,
     pub slack: u64,
     pub total: u64,
@@ -76,58 +90,92 @@ impl Budget {
         let response = engine
             .answer(&text, &options)
             .context("full-window warm-up failed")?;
-        let answer_len = (response.heap_bytes() + text.len() + MAX_ID_BYTES) as u64;
+        let answer_per_char = (response.heap_bytes() as u64).div_ceil(chars.max(1) as u64);
         let (_, hwm) = rss();
         let model_file = engine.model.path.metadata().map_or(0, |m| m.len());
-        let max_chars = engine.options.max_chars as u64;
-        let max_response = (answer_len * max_chars)
-            .div_ceil(chars as u64)
-            .max(answer_len)
-            + 1024;
         Ok(Budget::compute(
             config,
             model_file,
             hwm,
             hwm.saturating_sub(rss_before),
-            max_response,
+            answer_per_char,
+            engine.options.max_chars as u64,
         ))
     }
 
-    /// The formula of [`Budget`], from measured `base`, `window_peak` and `max_response`.
+    /// The budget for another `config` (same model and measurements).
+    pub fn for_config(&self, config: &ServerConfig) -> Budget {
+        Budget::compute(
+            config,
+            self.model_file,
+            self.base,
+            self.window_peak,
+            self.answer_per_char,
+            self.max_chars,
+        )
+    }
+
+    /// The most workers, at most `config.workers` and at least 1, whose budget fits `limit`.
+    pub fn workers_within(&self, config: &ServerConfig, limit: u64) -> usize {
+        (1..=config.workers.max(1))
+            .rev()
+            .find(|&workers| {
+                let c = ServerConfig {
+                    workers,
+                    ..config.clone()
+                };
+                self.for_config(&c).total <= limit
+            })
+            .unwrap_or(1)
+    }
+
+    /// What `request` reserves from `held` until its answer is written.
+    pub fn request_bytes(&self, request: &Request) -> u64 {
+        let chars = request.text.chars().count() as u64;
+        request.heap_bytes() as u64 + self.answer_per_char * chars + HELD_OVERHEAD
+    }
+
+    /// The formula of [`Budget`], from measured `base`, `window_peak` and `answer_per_char`.
     pub fn compute(
         config: &ServerConfig,
         model_file: u64,
         base: u64,
         window_peak: u64,
-        max_response: u64,
+        answer_per_char: u64,
+        max_chars: u64,
     ) -> Budget {
         let c = config;
         let line = c.max_line_bytes as u64;
+        let max_request =
+            (std::mem::size_of::<Request>() + MAX_ID_HEAP_BYTES) as u64 + 4 * max_chars;
+        let max_response = max_request + answer_per_char * max_chars + HELD_OVERHEAD;
         let request_state = 4 * max_response;
         let per_connection = (c.reader_stack + c.writer_stack + c.read_buffer + c.write_buffer)
             as u64
             + line
-            + c.max_in_flight as u64 * max_response;
+            + c.max_in_flight as u64 * ERROR_LINE;
         let connections = c.max_connections as u64 * per_connection;
         let workers = (c.workers as u64 - 1) * window_peak
             + c.workers as u64 * (c.worker_stack as u64 + request_state);
-        let queue = c.max_queue as u64 * (line + JSON_AMPLIFICATION * MAX_ID_BYTES as u64);
-        let parsing =
-            c.max_connections as u64 * FREE_PARSE_BYTES as u64 + JSON_AMPLIFICATION * line;
-        let slack = (base + workers + connections + queue + parsing) / 8;
+        let held = c.max_held_bytes.max(max_response);
+        let parsing = c.max_connections as u64 * FREE_PARSE_BYTES as u64
+            + max_tree_bytes(c.max_line_bytes) as u64;
+        let slack = (workers + connections + held + parsing) / 8;
         Budget {
             model_file,
             base,
             window_peak,
+            answer_per_char,
+            max_chars,
             max_response,
             request_state,
             per_connection,
             connections,
             workers,
-            queue,
-            slack,
+            held,
             parsing,
-            total: base + workers + connections + queue + parsing + slack,
+            slack,
+            total: base + workers + connections + held + parsing + slack,
         }
     }
 
@@ -142,7 +190,8 @@ impl Budget {
             "per_connection": self.per_connection,
             "connections": self.connections,
             "workers": self.workers,
-            "queue": self.queue,
+            "held": self.held,
+            "answer_per_char": self.answer_per_char,
             "parsing": self.parsing,
             "slack": self.slack,
         })
@@ -155,8 +204,8 @@ impl std::fmt::Display for Budget {
         write!(
             f,
             "memory budget {:.1} MiB = base {:.1} (model file {:.1}, window peak {:.1}) + workers {:.1} \
-             + connections {:.1} ({:.2} each, max answer {:.2}) + queue {:.1} + parsing {:.1} \
-             + slack {:.1}",
+             + connections {:.1} ({:.2} each) + held {:.1} (longest request {:.2}) \
+             + parsing {:.1} + slack {:.1}",
             mib(self.total),
             mib(self.base),
             mib(self.model_file),
@@ -164,10 +213,73 @@ impl std::fmt::Display for Budget {
             mib(self.workers),
             mib(self.connections),
             mib(self.per_connection),
+            mib(self.held),
             mib(self.max_response),
-            mib(self.queue),
             mib(self.parsing),
             mib(self.slack),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn budget(workers: usize) -> Budget {
+        let config = ServerConfig {
+            workers,
+            ..ServerConfig::default()
+        };
+        Budget::compute(&config, 12 * MIB, 50 * MIB, 12 * MIB, 32, 20_000)
+    }
+
+    #[test]
+    fn the_formula_adds_up() {
+        let c = ServerConfig::default();
+        let b = budget(2);
+        let parts = b.base + b.workers + b.connections + b.held + b.parsing + b.slack;
+        assert_eq!(b.total, parts);
+        assert_eq!(b.connections, c.max_connections as u64 * b.per_connection);
+        assert_eq!(b.held, c.max_held_bytes.max(b.max_response));
+        assert_eq!(b.slack, (parts - b.base - b.slack) / 8);
+        // the longest request: 20,000 four-byte characters, the largest id, 32 bytes per
+        // character of answer
+        assert!(b.max_response > 80_000 + 32 * 20_000 && b.max_response < 800_000);
+        // one more worker: its window, stack and request state (+ slack)
+        let more = budget(3).total - b.total;
+        let worker = b.window_peak + c.worker_stack as u64 + b.request_state;
+        assert!(more >= worker && more <= worker + worker / 8 + 1, "{more}");
+    }
+
+    #[test]
+    fn workers_are_fitted_to_a_memory_limit() {
+        let b = budget(4);
+        let c = ServerConfig {
+            workers: 4,
+            ..ServerConfig::default()
+        };
+        assert_eq!(b.workers_within(&c, u64::MAX), 4);
+        assert_eq!(b.workers_within(&c, b.total), 4);
+        assert_eq!(b.workers_within(&c, b.total - 1), 3);
+        assert_eq!(b.workers_within(&c, budget(2).total), 2);
+        // never fewer than one, even when one does not fit
+        assert_eq!(b.workers_within(&c, MIB), 1);
+    }
+
+    #[test]
+    fn a_request_reserves_its_text_id_and_answer() {
+        let b = budget(1);
+        let request = |text: &str| Request {
+            id: Some(serde_json::json!("a-id")),
+            text: text.to_string(),
+            options: Default::default(),
+        };
+        let short = b.request_bytes(&request("你好"));
+        let long = b.request_bytes(&request(&"你".repeat(1000)));
+        // 998 more characters: 3 bytes of text and 32 of answer each
+        assert_eq!(long - short, 998 * (3 + 32));
+        assert!((HELD_OVERHEAD + 2 * 32..2 * HELD_OVERHEAD).contains(&short));
     }
 }

@@ -19,6 +19,10 @@ pub struct ServerConfig {
     /// Inference requests waiting for a worker (all connections); at the cap, readers wait
     /// for a slot (first come, first served) and read nothing meanwhile.
     pub max_queue: usize,
+    /// Bytes that requests and their typed answers may hold, all connections together, from
+    /// the queue until the answer is written (each reserves its text, id and an answer of its
+    /// length); at the cap, readers wait like at `max_queue`.
+    pub max_held_bytes: u64,
     /// A request that waited longer than this for a queue slot or a worker gets `busy`.
     pub queue_timeout: Duration,
     /// Lines of one connection read but not yet answered; the reader waits at the cap.
@@ -47,13 +51,18 @@ impl Default for ServerConfig {
             max_connections: 64,
             max_line_bytes: protocol::max_line_bytes(crate::engine::DEFAULT_MAX_CHARS),
             max_queue: 64,
+            // ~12 answers to 20,000-character texts with raw logits (0.62 MiB each on the small
+            // model), thousands of short ones: the cap binds only under long-text floods.
+            max_held_bytes: 8 << 20,
             max_in_flight: 4,
             queue_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(100),
-            // serde_json stops at 128 levels of nesting: a reader needs little stack.
-            reader_stack: 256 * 1024,
+            // A reader parses only lines whose tree is small (`FREE_PARSE_BYTES`), and
+            // serde_json stops at 128 levels of nesting: 128 KiB holds that (a test sends a
+            // 127-level id); bigger lines go to the parser thread (256 KiB).
+            reader_stack: 128 * 1024,
             writer_stack: 64 * 1024,
             // tract runs on the worker's stack.
             worker_stack: 4 * 1024 * 1024,
@@ -77,8 +86,8 @@ impl ServerConfig {
         if self.workers == 0 || self.max_connections == 0 || self.max_queue == 0 {
             bail!("--workers, --max-connections and --max-queue must be at least 1");
         }
-        if self.max_in_flight == 0 || self.max_line_bytes == 0 {
-            bail!("--max-in-flight and --max-line-bytes must be at least 1");
+        if self.max_in_flight == 0 || self.max_line_bytes == 0 || self.max_held_bytes == 0 {
+            bail!("--max-in-flight, --max-line-bytes and --max-held-mib must be at least 1");
         }
         Ok(())
     }

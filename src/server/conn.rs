@@ -248,6 +248,7 @@ fn read_loop(server: &Server, conn: &Arc<Conn>, stream: UnixStream, reply: Sende
             }
             Routed::Infer(request) => {
                 let queued = Instant::now();
+                let bytes = server.budget.request_bytes(&request);
                 let job = Job {
                     seq,
                     request,
@@ -258,15 +259,18 @@ fn read_loop(server: &Server, conn: &Arc<Conn>, stream: UnixStream, reply: Sende
                 // Backpressure: with the queue full this reader waits for a slot (first come,
                 // first served across connections) and reads nothing meanwhile.
                 let closed = || conn.closed.load(Ordering::SeqCst);
-                match server
-                    .queue
-                    .push(job, queued + c.queue_timeout, c.poll_interval, closed)
-                {
+                match server.queue.push(
+                    job,
+                    bytes,
+                    queued + c.queue_timeout,
+                    c.poll_interval,
+                    closed,
+                ) {
                     Ok(()) => None,
                     Err((job, why)) => {
                         let why = match why {
                             Refused::Timeout => format!(
-                                "no room in the queue for {} s (--queue-timeout)",
+                                "no room in the queue (--max-queue, --max-held-mib) for {} s (--queue-timeout)",
                                 c.queue_timeout.as_secs_f64()
                             ),
                             Refused::Cancelled => "the connection closed".to_string(),
@@ -301,7 +305,7 @@ fn write_reply(out: &mut BufWriter<&UnixStream>, reply: Reply) -> io::Result<()>
     match reply {
         Reply::Line(line) => out.write_all(line.as_bytes())?,
         Reply::Answer(answered) => {
-            let (request, response) = &*answered;
+            let (request, response) = (&answered.request, &answered.response);
             protocol::write_answer(&mut *out, request.id.as_ref(), &request.text, response)?
         }
     }

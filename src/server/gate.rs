@@ -10,8 +10,14 @@ use crate::protocol::{self, ErrorCode, ErrorReply, Line};
 
 /// Lines whose parse tree may be larger than this are parsed one at a time.
 pub const FREE_PARSE_BYTES: usize = 64 * 1024;
-/// Upper bound of a parsed JSON tree's size over its text's (measured: ~93x for `[0],[0],...`).
-pub(super) const JSON_AMPLIFICATION: u64 = 128;
+
+/// Lines whose parse tree may be larger than this are refused unparsed (`too_large`): a request
+/// line of `max_line_bytes` is its text (twice its bytes, with the string's growth), an id of
+/// at most [`protocol::MAX_ID_BYTES`] (under 512 values) and a few options, so 256 KiB of
+/// values leaves room; a line of `[0],[0],...` would be a tree ~100 times its size.
+pub fn max_tree_bytes(max_line_bytes: usize) -> usize {
+    max_line_bytes.saturating_mul(2).saturating_add(256 * 1024)
+}
 
 /// An upper bound of the memory `protocol::parse_line` may use for `line`: plain text is copied
 /// once; JSON costs its bytes (strings, with vector growth) plus 256 bytes per value.
@@ -51,10 +57,14 @@ struct ParseJob {
 /// Parses lines whose tree may be big, one at a time, on one thread: their transient trees
 /// then live in one allocator arena instead of one per connection thread (glibc keeps freed
 /// memory per arena, so 64 readers parsing in turn would still keep 64 trees' worth).
-pub(super) struct ParseGate(Mutex<SyncSender<ParseJob>>);
+pub(super) struct ParseGate {
+    jobs: Mutex<SyncSender<ParseJob>>,
+    max_tree: usize,
+}
 
 impl ParseGate {
-    pub(super) fn start() -> Result<ParseGate> {
+    /// The parser thread, for lines of up to `max_line_bytes`.
+    pub(super) fn start(max_line_bytes: usize) -> Result<ParseGate> {
         let (tx, rx) = mpsc::sync_channel::<ParseJob>(0);
         std::thread::Builder::new()
             .name("big-line-parser".into())
@@ -75,21 +85,37 @@ impl ParseGate {
                 }
             })
             .context("cannot start the parser thread")?;
-        Ok(ParseGate(Mutex::new(tx)))
+        Ok(ParseGate {
+            jobs: Mutex::new(tx),
+            max_tree: max_tree_bytes(max_line_bytes),
+        })
     }
 }
 
 impl ParseGate {
-    /// Parses `buf` (on the parser thread when its tree may be big; `buf` comes back).
+    /// Parses `buf` (on the parser thread when its tree may be big; `buf` comes back). A line
+    /// whose tree may exceed [`max_tree_bytes`] is refused without parsing.
     pub(super) fn parse(
         &self,
         buf: &mut Vec<u8>,
         limits: &protocol::Limits,
     ) -> Result<Line, ErrorReply> {
-        if json_tree_bound(buf) <= FREE_PARSE_BYTES {
+        let tree = json_tree_bound(buf);
+        if tree <= FREE_PARSE_BYTES {
             return protocol::parse_line(buf, limits);
         }
-        let gate = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if tree > self.max_tree {
+            return Err(ErrorReply::new(
+                None,
+                ErrorCode::TooLarge,
+                format!(
+                    "a line this dense in JSON values would parse into ~{} KiB (limit {} KiB)",
+                    tree >> 10,
+                    self.max_tree >> 10
+                ),
+            ));
+        }
+        let gate = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let (reply, result) = mpsc::sync_channel(1);
         let job = ParseJob {
             line: std::mem::take(buf),

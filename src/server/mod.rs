@@ -49,7 +49,7 @@ use serde_json::{Map, Value};
 
 pub use budget::Budget;
 pub use config::ServerConfig;
-pub use gate::{json_tree_bound, FREE_PARSE_BYTES};
+pub use gate::{json_tree_bound, max_tree_bytes, FREE_PARSE_BYTES};
 pub use socket::{parse_group, parse_mode, SocketFile};
 
 use crate::engine::Engine;
@@ -146,15 +146,16 @@ pub fn serve_with_budget(
 ) -> Result<ServeReport> {
     config.check()?;
     let watchdog = systemd::Watchdog::from_env();
-    let config_max_queue = config.max_queue;
+    let parse_gate = ParseGate::start(config.max_line_bytes)?;
+    let queue = FairQueue::new(config.max_queue, config.max_held_bytes);
     let server = Arc::new(Server {
         engine,
         config,
         budget,
         stats: Stats::new(),
         shutdown,
-        parse_gate: ParseGate::start()?,
-        queue: FairQueue::new(config_max_queue),
+        parse_gate,
+        queue,
     });
     let c = &server.config;
 

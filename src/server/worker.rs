@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::conn::Conn;
-use super::queue::FairQueue;
+use super::queue::{FairQueue, Held};
 use super::Server;
 use crate::dispatch;
 use crate::protocol::{ErrorCode, ErrorReply, Request};
@@ -31,12 +31,20 @@ pub(super) enum Reply {
     Line(String),
     /// A typed answer, serialized while it is written: held as numbers and offsets it is a
     /// fraction of its JSON (the budget counts it so).
-    Answer(Box<(Request, Response)>),
+    Answer(Box<Answered>),
+}
+
+/// A request and its typed answer, until the writer has written it; dropping it gives the
+/// request's reservation back to the queue.
+pub(super) struct Answered {
+    pub(super) request: Request,
+    pub(super) response: Response,
+    _held: Held<Job>,
 }
 
 pub(super) fn worker(server: &Server, queue: &FairQueue<Job>, watchdog: &systemd::Watchdog) {
     let timeout = server.config.queue_timeout;
-    while let Some(job) = queue.pop() {
+    while let Some((job, held)) = queue.pop() {
         if job.conn.closed.load(Ordering::SeqCst) {
             server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -61,7 +69,11 @@ pub(super) fn worker(server: &Server, queue: &FairQueue<Job>, watchdog: &systemd
             let _busy = watchdog.busy();
             // progress per model window: a long text is not a wedged worker
             match dispatch::infer_with(&server.engine, &request, &mut || watchdog.ping()) {
-                Ok(response) => Reply::Answer(Box::new((request, response))),
+                Ok(response) => Reply::Answer(Box::new(Answered {
+                    request,
+                    response,
+                    _held: held,
+                })),
                 Err(e) => {
                     server.stats.error(e.code);
                     Reply::Line(e.to_line())
