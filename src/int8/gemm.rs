@@ -185,13 +185,15 @@ pub(crate) fn pack_row_i16(src: &[u8], dst: &mut [i16], stride: usize, za: u8) -
 }
 
 #[derive(Clone, Copy)]
-pub(crate) enum Out {
+pub(crate) enum Out<'a> {
     I32(*mut i32),
-    /// `y = acc as f32 * scale[n] + bias[n]`; `scale` and `bias` padded to `panels * 8`.
+    /// `y = acc as f32 * (sa * sw[n]) + bias[n]` (`sw`: 1 or N scales, `bias`: N values): the
+    /// epilogue reads the op's own vectors, nothing is copied or padded per call.
     F32 {
         y: *mut f32,
-        scale: *const f32,
-        bias: Option<*const f32>,
+        sa: f32,
+        sw: &'a [f32],
+        bias: Option<&'a [f32]>,
     },
 }
 
@@ -205,11 +207,13 @@ pub(crate) struct Job<'a> {
     pub kq: usize,
     pub w: *const u8,
     pub rowsum: &'a [i32],
-    /// `za' * colsum[n]`, padded.
-    pub colterm: &'a [i32],
+    /// The weights' column sums (padded to whole panels); `za' * colsum[n]` is added to every
+    /// output, with `za'` = `col_offset` for the kernel's A format.
+    pub colsum: &'a [i32],
+    pub col_offset: i32,
     pub zp: &'a [i32],
     pub zp_zero: bool,
-    pub out: Out,
+    pub out: Out<'a>,
 }
 
 // SAFETY: the raw pointers are read-only inputs (A, W, scale, bias) that outlive the job, and
@@ -295,8 +299,22 @@ unsafe fn store<const MR: usize>(
     n0: usize,
     cols: usize,
 ) {
-    let colterm: &[i32; NR] = job.colterm[n0..n0 + NR].try_into().unwrap();
+    let colsum: &[i32; NR] = job.colsum[n0..n0 + NR].try_into().unwrap();
+    let colterm: [i32; NR] = std::array::from_fn(|j| colsum[j].wrapping_mul(job.col_offset));
     let zp: &[i32; NR] = job.zp[n0..n0 + NR].try_into().unwrap();
+    // The epilogue's scales and bias for this panel (0 past N: those columns are not stored).
+    let live = (job.n - n0).min(NR);
+    let (scale, bias): ([f32; NR], Option<[f32; NR]>) = match &job.out {
+        Out::I32(_) => ([0f32; NR], None),
+        Out::F32 { sa, sw, bias, .. } => (
+            std::array::from_fn(|j| match (j < live, sw.len()) {
+                (false, _) => 0.0,
+                (true, 1) => sa * sw[0],
+                (true, _) => sa * sw[n0 + j],
+            }),
+            bias.map(|b| std::array::from_fn(|j| if j < live { b[n0 + j] } else { 0.0 })),
+        ),
+    };
     for r in 0..rows {
         let m = m0 + r;
         let rs = job.rowsum[m];
@@ -321,39 +339,29 @@ unsafe fn store<const MR: usize>(
                     std::ptr::copy_nonoverlapping(v.as_ptr(), dst, cols);
                 }
             }
-            Out::F32 { y, scale, bias } => {
-                // SAFETY: see `job_slice`.
-                let s: &[f32; NR] = unsafe { job_slice(scale, n0) };
+            Out::F32 { y, .. } => {
                 let mut f = [0f32; NR];
                 for j in 0..NR {
-                    f[j] = v[j] as f32 * s[j];
+                    f[j] = v[j] as f32 * scale[j];
                 }
-                if let Some(b) = bias {
-                    // SAFETY: see `job_slice`.
-                    let b: &[f32; NR] = unsafe { job_slice(b, n0) };
+                if let Some(b) = &bias {
                     for j in 0..NR {
                         f[j] += b[j];
                     }
                 }
-                // SAFETY: the caller guarantees row m, columns n0..n0 + cols of Y.
+                // SAFETY: the caller guarantees row m, columns n0..n0 + cols of Y; a whole
+                // panel is one fixed-size (unaligned) store, not a call to memmove.
                 unsafe {
                     let dst = y.add(m * job.n + n0);
-                    std::ptr::copy_nonoverlapping(f.as_ptr(), dst, cols);
+                    if cols == NR {
+                        std::ptr::write_unaligned(dst as *mut [f32; NR], f);
+                    } else {
+                        std::ptr::copy_nonoverlapping(f.as_ptr(), dst, cols);
+                    }
                 }
             }
         }
     }
-}
-
-/// The 8 values at `p + n0` of a scale or bias vector padded to whole panels.
-///
-/// # Safety
-/// `p` must be a job's scale or bias pointer: padded to `panels * 8` values (`run_f32`), alive
-/// for the job, and `n0` the first column of a panel.
-#[inline(always)]
-unsafe fn job_slice<'a>(p: *const f32, n0: usize) -> &'a [f32; NR] {
-    // SAFETY: the caller guarantees that the 8 values exist and outlive the use.
-    unsafe { &*(p.add(n0) as *const [f32; NR]) }
 }
 
 /// Portable tile: MR = 4, A = i16 `a - za`.
@@ -468,27 +476,19 @@ fn check_a(a: &[u8], m: usize, w: &PackedWeights) {
     );
 }
 
-fn prepare(
-    kernel: Kernel,
-    a: &[u8],
-    m: usize,
-    za: u8,
-    w: &PackedWeights,
-) -> (Kernel, PackedA, Vec<i32>) {
+fn prepare(kernel: Kernel, a: &[u8], m: usize, za: u8, w: &PackedWeights) -> (Kernel, PackedA) {
     let kernel = Kernel::resolve(Some(kernel));
     let pa = pack_a(kernel, a, m, w.k(), za);
-    let colterm = colterm_for(kernel, za, w);
-    (kernel, pa, colterm)
+    (kernel, pa)
 }
 
-/// `za' * colsum[n]` for the kernel's A format.
-fn colterm_for(kernel: Kernel, za: u8, w: &PackedWeights) -> Vec<i32> {
-    let off = match config(kernel).1 {
+/// `za'` of `za' * colsum[n]` for the kernel's A format.
+fn col_offset(kernel: Kernel, za: u8) -> i32 {
+    match config(kernel).1 {
         AFormat::I16MinusZa => 0,
         AFormat::I8Shifted => 128 - za as i32,
         AFormat::U8 | AFormat::U8Pairs => -(za as i32),
-    };
-    w.colsum().iter().map(|c| c.wrapping_mul(off)).collect()
+    }
 }
 
 /// Exact integer GEMM: `c[m,n] = sum_k (a[m,k] - za) * (w[k,n] - zw[n])`, `a` u8 `[M, K]`
@@ -512,7 +512,7 @@ pub fn qgemm_i32(
     if m == 0 {
         return;
     }
-    let (kernel, pa, colterm) = prepare(kernel, a, m, za, w);
+    let (kernel, pa) = prepare(kernel, a, m, za, w);
     let (run, np) = (runner(kernel), panels_per_tile(kernel));
     let job = Job {
         a: pa.buf.ptr(),
@@ -522,7 +522,8 @@ pub fn qgemm_i32(
         kq: w.kq(),
         w: w.data().as_ptr(),
         rowsum: &pa.rowsum,
-        colterm: &colterm,
+        colsum: w.colsum(),
+        col_offset: col_offset(kernel, za),
         zp: w.zero_points(),
         zp_zero: w.zero_points_all_zero(),
         out: Out::I32(c.as_mut_ptr()),
@@ -550,8 +551,8 @@ pub fn qgemm_f32(
     if m == 0 {
         return;
     }
-    let (kernel, pa, colterm) = prepare(kernel, a, m, za, w);
-    run_f32(kernel, &pa, &colterm, m, sa, w, sw, bias, y, threads);
+    let (kernel, pa) = prepare(kernel, a, m, za, w);
+    run_f32(kernel, &pa, za, m, sa, w, sw, bias, y, threads);
 }
 
 /// Shapes of the f32 epilogue's operands: `y` `[M, N]`, 1 or N weight scales, N bias values.
@@ -580,7 +581,7 @@ fn check_f32_epilogue(
 fn run_f32(
     kernel: Kernel,
     pa: &PackedA,
-    colterm: &[i32],
+    za: u8,
     m: usize,
     sa: f32,
     w: &PackedWeights,
@@ -589,32 +590,23 @@ fn run_f32(
     y: &mut [f32],
     threads: usize,
 ) {
-    let n = w.n();
-    let padded = w.panels() * NR;
-    let mut scale = vec![0f32; padded];
-    for (j, s) in scale.iter_mut().enumerate().take(n) {
-        *s = sa * if sw.len() == 1 { sw[0] } else { sw[j] };
-    }
-    let bias = bias.map(|b| {
-        let mut v = vec![0f32; padded];
-        v[..n].copy_from_slice(b);
-        v
-    });
     let job = Job {
         a: pa.buf.ptr(),
         block_bytes: pa.block_bytes,
         m,
-        n,
+        n: w.n(),
         kq: w.kq(),
         w: w.data().as_ptr(),
         rowsum: &pa.rowsum,
-        colterm,
+        colsum: w.colsum(),
+        col_offset: col_offset(kernel, za),
         zp: w.zero_points(),
         zp_zero: w.zero_points_all_zero(),
         out: Out::F32 {
             y: y.as_mut_ptr(),
-            scale: scale.as_ptr(),
-            bias: bias.as_ref().map(|b| b.as_ptr()),
+            sa,
+            sw,
+            bias,
         },
     };
     execute(
@@ -653,8 +645,18 @@ pub fn quantized_matmul_f32(
         return p;
     }
     let pa = quantize_pack_a(kernel, x, m, w.k(), p);
-    let colterm = colterm_for(kernel, p.zero_point, w);
-    run_f32(kernel, &pa, &colterm, m, p.scale, w, sw, bias, y, threads);
+    run_f32(
+        kernel,
+        &pa,
+        p.zero_point,
+        m,
+        p.scale,
+        w,
+        sw,
+        bias,
+        y,
+        threads,
+    );
     p
 }
 
@@ -700,7 +702,6 @@ pub(crate) fn qgemm_i32_with_runner(
         return;
     }
     let pa = pack_a(layout, a, m, w.k(), za);
-    let colterm = colterm_for(layout, za, w);
     let job = Job {
         a: pa.buf.ptr(),
         block_bytes: pa.block_bytes,
@@ -709,7 +710,8 @@ pub(crate) fn qgemm_i32_with_runner(
         kq: w.kq(),
         w: w.data().as_ptr(),
         rowsum: &pa.rowsum,
-        colterm: &colterm,
+        colsum: w.colsum(),
+        col_offset: col_offset(layout, za),
         zp: w.zero_points(),
         zp_zero: w.zero_points_all_zero(),
         out: Out::I32(c.as_mut_ptr()),
