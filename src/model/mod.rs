@@ -48,6 +48,7 @@
 //! the read-only file map), and glibc's free memory is handed back after each stage
 //! (`malloc_trim`). Small model, sidecar mapped: load peak ~1.35x the steady RSS (was ~1.8x).
 
+mod contrib;
 mod decode;
 mod inputs;
 mod memory;
@@ -174,8 +175,9 @@ impl Model {
                 kernel: None,
                 threads,
             };
-            crate::ops::fuse_transformer_ops(&mut typed, &ops_options)
+            let ops = crate::ops::fuse_transformer_ops(&mut typed, &ops_options)
                 .map_err(|e| anyhow!("{}: attention fusion failed: {e:#}", path.display()))?;
+            log::debug!("{}: our ops installed: {ops:?}", path.display());
             stages.lap("ops");
             info
         } else {
