@@ -42,10 +42,10 @@ from conftest import FIXTURES, REPO, require_fixtures
 
 BINARY = REPO / "target" / "release" / "electra-edge"
 TINY = FIXTURES / "electra-tiny-zh"
+SMALL = FIXTURES / "electra-small-zh"  # only its discriminator has an fp32 graph
 FP32_TOL = 1e-4
 EPSILON = 2e-3  # the parity suite's (src/selfcheck.rs)
 SENTENCES = 12
-LAYERS = 2  # the tiny fixture's
 
 ort.set_default_logger_severity(3)  # not its notes on unused initializers
 
@@ -54,18 +54,22 @@ def contrib_ops(model):
     return Counter(n.op_type for n in model.graph.node if n.domain == "com.microsoft")
 
 
-def references(head):
-    lines = (TINY / head / "reference.jsonl").read_text().splitlines()[:SENTENCES]
+def references(src):
+    lines = (src / "reference.jsonl").read_text().splitlines()[:SENTENCES]
     return [json.loads(line) for line in lines]
 
 
-def model_folder(tmp_path, head, model, tag):
-    """A model folder: the fixture head's config and tokenizer, `model` as model.onnx."""
-    require_fixtures()
-    out = tmp_path / f"{head}-{tag}"
+def config(src):
+    return json.loads((src / "config.json").read_text())
+
+
+def model_folder(tmp_path, src, model, tag):
+    """A model folder: the fixture head's (`src`) config and tokenizer, `model` as
+    model.onnx."""
+    out = tmp_path / f"{src.name}-{tag}"
     out.mkdir()
     for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TINY / head / f, out / f)
+        shutil.copy(src / f, out / f)
     onnx.save(model, str(out / "model.onnx"))
     return out
 
@@ -210,58 +214,74 @@ def hand_fused(src, heads, embed):
     return model
 
 
-def assert_our_ops(installed, int8):
+def assert_our_ops(installed, src, int8):
     """The contrib ops' expansions ran through our ops, as a plain export does: every
     attention block, every LayerNorm (embeddings + 2 per layer), the int8 matmuls."""
-    assert installed["attention"] == LAYERS, installed
-    assert installed["layer_norms"] == 1 + 2 * LAYERS, installed
+    layers = config(src)["num_hidden_layers"]
+    assert installed["attention"] == layers, installed
+    assert installed["layer_norms"] == 1 + 2 * layers, installed
     assert (installed["int8"] > 0) == int8, installed
 
 
-def heads_of(head):
-    return json.loads((TINY / head / "config.json").read_text())["num_attention_heads"]
+# the hand fusions run on the tiny fixture's tagger and discriminator and the small one's
+# discriminator (12 layers, 4 heads)
+HAND_FUSED = [TINY / "tagger", TINY / "discriminator", SMALL / "discriminator"]
 
 
 @pytest.mark.parametrize("head", ["tagger", "discriminator"])
-def test_transformer_optimizer_graph(tmp_path, head):
-    """`optimize_model` (BERT fusions): SkipLayerNormalization and BiasGelu."""
+@pytest.mark.parametrize("approximate", [False, True], ids=["erf-gelu", "fast-gelu"])
+def test_transformer_optimizer_graph(tmp_path, head, approximate):
+    """`optimize_model` (BERT fusions): SkipLayerNormalization and BiasGelu, or FastGelu
+    with `enable_gelu_approximation` (left to tract's own FastGelu; onnxruntime runs the same
+    graph as the reference, since tanh GELU is not the fp32 graph's erf GELU)."""
     require_fixtures()
     optimizer = pytest.importorskip("onnxruntime.transformers.optimizer")
-    cfg = json.loads((TINY / head / "config.json").read_text())
-    opt = optimizer.optimize_model(str(TINY / head / "model.fp32.onnx"), model_type="bert",
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    src = TINY / head
+    cfg = config(src)
+    options = FusionOptions("bert")
+    options.enable_gelu_approximation = approximate
+    opt = optimizer.optimize_model(str(src / "model.fp32.onnx"), model_type="bert",
                                    num_heads=cfg["num_attention_heads"],
-                                   hidden_size=cfg["hidden_size"], opt_level=0)
+                                   hidden_size=cfg["hidden_size"], opt_level=0,
+                                   optimization_options=options)
     ops = contrib_ops(opt.model)
-    assert ops["SkipLayerNormalization"] > 0 and ops["BiasGelu"] > 0, ops
-    refs = references(head)
-    ours, installed = run_ours(model_folder(tmp_path, head, opt.model, "optimizer"), refs)
-    err = worst(ours, fp32_of(refs))
-    print(f"{head} optimizer graph {dict(ops)}: max |ours - ort_fp32| = {err:.2e}, {installed}")
+    gelu = "FastGelu" if approximate else "BiasGelu"
+    assert ops["SkipLayerNormalization"] > 0 and ops[gelu] > 0, ops
+    refs = references(src)
+    folder = model_folder(tmp_path, src, opt.model, "optimizer")
+    want = run_ort(folder / "model.onnx", refs) if approximate else fp32_of(refs)
+    ours, installed = run_ours(folder, refs)
+    err = worst(ours, want)
+    print(f"{head} optimizer graph {dict(ops)}: max |ours - reference| = {err:.2e}, {installed}")
     assert err <= FP32_TOL
-    assert_our_ops(installed, int8=False)
+    assert_our_ops(installed, src, int8=False)
 
 
-@pytest.mark.parametrize("head", ["tagger", "discriminator"])
+@pytest.mark.parametrize("src", HAND_FUSED, ids=lambda p: f"{p.parent.name}/{p.name}")
 @pytest.mark.parametrize("embed", [True, False], ids=["embed-layer-norm", "raw-mask"])
-def test_hand_fused_attention_fp32(tmp_path, head, embed):
+def test_hand_fused_attention_fp32(tmp_path, src, embed):
     """Attention (1-D mask index or 2-D mask), EmbedLayerNormalization."""
-    model = hand_fused(TINY / head / "model.fp32.onnx", heads_of(head), embed)
+    require_fixtures()
+    cfg = config(src)
+    model = hand_fused(src / "model.fp32.onnx", cfg["num_attention_heads"], embed)
     ops = contrib_ops(model)
-    assert ops["Attention"] == 2 and ops["EmbedLayerNormalization"] == int(embed), ops
-    folder = model_folder(tmp_path, head, model, "attention")
-    refs = references(head)
+    assert ops["Attention"] == cfg["num_hidden_layers"], ops
+    assert ops["EmbedLayerNormalization"] == int(embed), ops
+    folder = model_folder(tmp_path, src, model, "attention")
+    refs = references(src)
     fp32 = fp32_of(refs)
     ort_err = worst(run_ort(folder / "model.onnx", refs), fp32)
     assert ort_err <= FP32_TOL, f"the hand fusion is wrong: onnxruntime differs by {ort_err}"
     ours, installed = run_ours(folder, refs)
     err = worst(ours, fp32)
-    print(f"{head} {dict(ops)}: max |ours - ort_fp32| = {err:.2e} "
+    print(f"{src} {dict(ops)}: max |ours - ort_fp32| = {err:.2e} "
           f"(onnxruntime on the same graph: {ort_err:.2e}), {installed}")
     assert err <= FP32_TOL
-    assert_our_ops(installed, int8=False)
+    assert_our_ops(installed, src, int8=False)
 
 
-def check_int8(folder, refs, what):
+def check_int8(folder, src, refs, what):
     fp32 = fp32_of(refs)
     theirs = run_ort(folder / "model.onnx", refs)
     ours, installed = run_ours(folder, refs)
@@ -273,7 +293,7 @@ def check_int8(folder, refs, what):
         worst_ratio = max(worst_ratio, err / (2 * ort_err + EPSILON))
     print(f"{what}: max |ours - ort_fp32| = {worst(ours, fp32):.2e}, onnxruntime int8 "
           f"{worst(theirs, fp32):.2e}, worst share of the bound {worst_ratio:.2f}, {installed}")
-    assert_our_ops(installed, int8=True)
+    assert_our_ops(installed, src, int8=True)
 
 
 @pytest.mark.parametrize("head", ["tagger", "discriminator"])
@@ -281,49 +301,54 @@ def test_onnxruntime_saved_int8_graph(tmp_path, head):
     """onnxruntime's saved optimized graph of the fixture's int8 model: DynamicQuantizeMatMul,
     MatMulIntegerToFloat, FusedMatMul, Gelu, SkipLayerNormalization."""
     require_fixtures()
-    model = ort_saved_optimized(TINY / head / "model.onnx", tmp_path / "saved.onnx")
+    src = TINY / head
+    model = ort_saved_optimized(src / "model.onnx", tmp_path / "saved.onnx")
     ops = contrib_ops(model)
     for op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FusedMatMul"):
         assert ops[op] > 0, ops
-    folder = model_folder(tmp_path, head, model, "ort-int8")
-    check_int8(folder, references(head), f"{head} onnxruntime-saved int8 {dict(ops)}")
+    folder = model_folder(tmp_path, src, model, "ort-int8")
+    check_int8(folder, src, references(src), f"{head} onnxruntime-saved int8 {dict(ops)}")
 
 
 def test_onnxruntime_saved_fp32_graph(tmp_path):
     """onnxruntime's saved optimized fp32 graph: FusedMatMul (the attention scale), BiasGelu."""
     require_fixtures()
-    model = ort_saved_optimized(TINY / "tagger" / "model.fp32.onnx", tmp_path / "saved.onnx")
+    src = TINY / "tagger"
+    model = ort_saved_optimized(src / "model.fp32.onnx", tmp_path / "saved.onnx")
     ops = contrib_ops(model)
     assert ops["FusedMatMul"] > 0 and ops["BiasGelu"] > 0, ops
-    refs = references("tagger")
-    ours, installed = run_ours(model_folder(tmp_path, "tagger", model, "ort-fp32"), refs)
+    refs = references(src)
+    ours, installed = run_ours(model_folder(tmp_path, src, model, "ort-fp32"), refs)
     err = worst(ours, fp32_of(refs))
     print(f"tagger onnxruntime-saved fp32 {dict(ops)}: max |ours - ort_fp32| = {err:.2e}, "
           f"{installed}")
     assert err <= FP32_TOL
-    assert_our_ops(installed, int8=False)
+    assert_our_ops(installed, src, int8=False)
 
 
-@pytest.mark.parametrize("head", ["tagger", "discriminator"])
-def test_quantized_hand_fused_attention(tmp_path, head):
-    """quantize_dynamic of the hand-fused graph: QAttention, QEmbedLayerNormalization; then onnxruntime's saved
-    optimized version of it (QAttention next to MatMulIntegerToFloat/DynamicQuantizeMatMul)."""
+@pytest.mark.parametrize("src", HAND_FUSED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_quantized_hand_fused_attention(tmp_path, src):
+    """quantize_dynamic of the hand-fused graph: QAttention, QEmbedLayerNormalization; then
+    onnxruntime's saved optimized version of it (QAttention next to DynamicQuantizeMatMul)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    require_fixtures()
+    cfg = config(src)
+    layers = cfg["num_hidden_layers"]
     fused = tmp_path / "fused.onnx"
-    onnx.save(hand_fused(TINY / head / "model.fp32.onnx", heads_of(head), True), str(fused))
+    onnx.save(hand_fused(src / "model.fp32.onnx", cfg["num_attention_heads"], True), str(fused))
     quantized = tmp_path / "quantized.onnx"
     # (shape inference cannot type the contrib ops' outputs: they are float)
     quantize_dynamic(str(fused), str(quantized), weight_type=QuantType.QInt8,
                      extra_options={"DefaultTensorType": TensorProto.FLOAT})
-    refs = references(head)
+    refs = references(src)
     plain = onnx.load(str(quantized))
     ops = contrib_ops(plain)
-    assert ops["QAttention"] == 2 and ops["QEmbedLayerNormalization"] == 1, ops
-    check_int8(model_folder(tmp_path, head, plain, "qattention"), refs,
-               f"{head} quantize_dynamic {dict(ops)}")
+    assert ops["QAttention"] == layers and ops["QEmbedLayerNormalization"] == 1, ops
+    check_int8(model_folder(tmp_path, src, plain, "qattention"), src, refs,
+               f"{src} quantize_dynamic {dict(ops)}")
     saved = ort_saved_optimized(quantized, tmp_path / "saved.onnx")
     ops = contrib_ops(saved)
-    assert ops["QAttention"] == 2, ops
+    assert ops["QAttention"] == layers, ops
     assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] > 0, ops
-    check_int8(model_folder(tmp_path, head, saved, "qattention-saved"), refs,
-               f"{head} quantize_dynamic + onnxruntime-saved {dict(ops)}")
+    check_int8(model_folder(tmp_path, src, saved, "qattention-saved"), src, refs,
+               f"{src} quantize_dynamic + onnxruntime-saved {dict(ops)}")
