@@ -6,17 +6,27 @@
 //! as they do there: our attention ([`crate::ops`]), residual + LayerNorm, erf GELU, and the
 //! fused int8 matmul ([`crate::int8`]).
 //!
-//! | contrib op | becomes |
-//! | --- | --- |
-//! | `Attention(x, W[In,3H], b[3H], mask_index?)` | `MatMul`+`Add`, `Split` Q/K/V, per-head `Reshape`/`Transpose`, `MatMul`(Q, K^T) x scale + additive mask, `Softmax`, x V, back |
-//! | `QAttention(xq, Wq, b, x_scale, W_scale, mask?, x_zp?, W_zp?)` | the same, input projection `MatMulInteger`+`Cast`+`Mul`(x_scale x W_scale)+`Add` (the `quantize_dynamic` int8 chain) |
-//! | `EmbedLayerNormalization(ids, seg?, word, pos, seg_emb?, gamma, beta, mask?, pos_ids?)` | `Gather`s + `Add`s + `LayerNormalization`; `mask_index` = `ReduceSum(mask, 1)` |
-//! | `QEmbedLayerNormalization` (u8 tables, gamma, beta with scales and zero points) | the same, each gathered row (and gamma, beta) through `DequantizeLinear` |
-//! | `SkipLayerNormalization(x, skip, gamma, beta?, bias?)` | `Add`(`Add`(x, bias), skip) + `LayerNormalization` |
-//! | `BiasGelu(x, b)`, `Gelu(x)` | `Add` + the erf GELU chain `x * (erf(x / sqrt 2) + 1) * 0.5` |
-//! | `FusedMatMul(A, B)` (`alpha`, `transA`/`transB`) | `Mul`(A, alpha) + `Transpose`s + `MatMul` |
-//! | `MatMulIntegerToFloat(A, B, a_s, b_s, a_zp?, b_zp?, bias?)` | `MatMulInteger` + `Cast` + `Mul`(a_s x b_s) + `Add` |
-//! | `DynamicQuantizeMatMul(A, B, b_s, b_zp?, bias?)` | `DynamicQuantizeLinear` + the same |
+//! - `Attention(x, W [In, 3H], b [3H], mask_index?)`: `MatMul` + `Add`, `Split` into Q, K, V,
+//!   per head `Reshape` + `Transpose`, `Q x scale`, `MatMul(Q, K^T)` + additive mask,
+//!   `Softmax`, `x V`, `Transpose` + `Reshape` back to `[B, S, H]`;
+//! - `QAttention(x_q, W_q, b, x_scale, W_scale, mask?, x_zp?, W_zp?)`: the same, with the
+//!   input projection as the `quantize_dynamic` chain `MatMulInteger` + `Cast` +
+//!   `Mul(x_scale x W_scale)` + `Add(b)`;
+//! - `EmbedLayerNormalization(ids, seg?, word, pos, seg_emb?, gamma, beta, mask?, pos_ids?)`:
+//!   `Gather`s + `Add`s + `LayerNormalization` (positions `0..S` without `pos_ids`); its
+//!   `mask_index` output is `ReduceSum(mask, axis 1)`;
+//!   `QEmbedLayerNormalization` (u8 tables, gamma and beta with scales and zero points): the
+//!   same, each gathered row (and gamma, beta) through `DequantizeLinear`;
+//! - `SkipLayerNormalization(x, skip, gamma, beta?, bias?)`: `Add(Add(x, bias), skip)` +
+//!   `LayerNormalization` (its sum output kept when used);
+//! - `BiasGelu(x, b)`, `Gelu(x)`: `Add` + the erf GELU chain `x * (erf(x / sqrt 2) + 1) * 0.5`;
+//! - `FusedMatMul(A, B)`: `Mul(A, alpha)` + `Transpose` for `transA`/`transB` + `MatMul`;
+//! - `MatMulIntegerToFloat(A, B, a_s, b_s, a_zp?, b_zp?, bias?)`: `MatMulInteger` + `Cast` +
+//!   `Mul(a_s x b_s)` + `Add(bias)`; `DynamicQuantizeMatMul(A, B, b_s, b_zp?, bias?)`:
+//!   `DynamicQuantizeLinear(A)` + the same.
+//!
+//! Scales go on an operand before its `MatMul` (as plain exports have them): the attention
+//! rewrite expects the mask's `Add` right after the scores' `MatMul` and folds scalars on Q.
 //!
 //! Attention masks follow onnxruntime's CPU kernel: `mask_index` 1-D `[B]` is each row's
 //! number of attended (leading) keys, 2-D `[B, S]` and 3-D `[B, S, S]` are 0/1 masks; a key

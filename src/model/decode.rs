@@ -1,5 +1,6 @@
-//! Reading an ONNX file: memory-map and decode it (big initializers stay in the map; onnxruntime's
-//! contrib ops replaced by standard nodes, [`super::contrib`]), then tract's parse with our inputs bound and the wanted output selected, then typing.
+//! Reading an ONNX file: memory-map and decode it (big initializers stay in the map;
+//! onnxruntime's contrib ops replaced by standard nodes, [`super::contrib`]), then tract's parse
+//! with our inputs bound and the wanted output selected, then typing.
 
 use std::fs::File;
 use std::path::Path;
