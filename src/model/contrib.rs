@@ -69,6 +69,7 @@ pub(crate) fn expand_contrib_ops(model: &mut ModelProto) -> Result<usize> {
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut inits = vec![];
     let mut replaced = 0;
+    let mut prefixes = HashSet::new();
     for (ix, node) in std::mem::take(&mut graph.node).into_iter().enumerate() {
         if node.domain != MS || !SUPPORTED.contains(&node.op_type.as_str()) {
             nodes.push(node);
@@ -79,8 +80,14 @@ pub(crate) fn expand_contrib_ops(model: &mut ModelProto) -> Result<usize> {
         } else {
             node.name.clone()
         };
+        // new names are `<prefix>/<op>_<n>`; node names need not be unique in ONNX
+        let mut prefix = format!("{label}/contrib");
+        if !prefixes.insert(prefix.clone()) {
+            prefix = format!("{label}/contrib{ix}");
+            prefixes.insert(prefix.clone());
+        }
         let mut b = Builder {
-            prefix: format!("{label}/contrib"),
+            prefix,
             nodes: vec![],
             inits: vec![],
             count: 0,
@@ -1005,6 +1012,122 @@ mod tests {
         let err = max_diff(&got, &reference(&x, &w, &b, &[true; S]));
         eprintln!("QAttention: max |tract - reference| = {err:e}");
         assert!(err < 1e-4, "{err}");
+    }
+
+    /// `FusedMatMul` with `transA`, `transB` and `alpha` (ranks from the graph inputs) against
+    /// a plain product; and one error when a transposed operand's rank is unknown.
+    #[test]
+    fn fused_matmul_transposes_and_scales() {
+        let (m, k, n) = (3, 4, 5);
+        let (a, b) = (vals(2 * k * m, 4), vals(2 * n * k, 5));
+        let alpha = 0.375f32;
+        let node = |b_rank_known: bool| NodeProto {
+            name: "fmm".into(),
+            op_type: "FusedMatMul".into(),
+            domain: MS.into(),
+            input: vec!["a".into(), if b_rank_known { "b" } else { "b2" }.into()],
+            output: vec!["y".into()],
+            attribute: vec![
+                int_attr("transA", 1),
+                int_attr("transB", 1),
+                float_attr("alpha", alpha),
+            ],
+            ..Default::default()
+        };
+        // a [2, k, m], b [2, n, k]: y [2, m, n] = alpha * a^T b^T
+        let mut want = vec![0f32; 2 * m * n];
+        for bt in 0..2 {
+            for i in 0..m {
+                for j in 0..n {
+                    want[(bt * m + i) * n + j] = alpha
+                        * (0..k)
+                            .map(|kk| a[(bt * k + kk) * m + i] * b[(bt * n + j) * k + kk])
+                            .sum::<f32>();
+                }
+            }
+        }
+        let inputs = vec![
+            (
+                value_info("a", DataType::Float, &[2, k, m]),
+                Tensor::from_shape(&[2, k, m], &a).unwrap(),
+            ),
+            (
+                value_info("b", DataType::Float, &[2, n, k]),
+                Tensor::from_shape(&[2, n, k], &b).unwrap(),
+            ),
+        ];
+        let mut model = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                name: "g".into(),
+                node: vec![node(true)],
+                input: inputs.iter().map(|(v, _)| v.clone()).collect(),
+                output: vec![value_info("y", DataType::Float, &[2, m, n])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut unknown = model.clone();
+        expand_contrib_ops(&mut model).unwrap();
+        let plan = tract_onnx::onnx()
+            .model_for_proto_model(&model)
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let out = plan
+            .run(inputs.into_iter().map(|(_, t)| t.into_tvalue()).collect())
+            .unwrap();
+        let got: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        assert!(max_diff(&got, &want) < 1e-5, "{got:?} vs {want:?}");
+
+        unknown.graph.as_mut().unwrap().node = vec![node(false)];
+        let msg = format!("{:#}", expand_contrib_ops(&mut unknown).unwrap_err());
+        assert!(msg.contains("fmm") && msg.contains("transB"), "{msg}");
+    }
+
+    /// Two contrib nodes with the same name expand to distinct node and tensor names.
+    #[test]
+    fn same_named_nodes_expand_to_distinct_names() {
+        let gelu = |i: &str, o: &str| NodeProto {
+            name: "Gelu".into(),
+            op_type: "Gelu".into(),
+            domain: MS.into(),
+            input: vec![i.into()],
+            output: vec![o.into()],
+            ..Default::default()
+        };
+        let mut model = ModelProto {
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                node: vec![gelu("x", "h"), gelu("h", "y")],
+                output: vec![value_info("y", DataType::Float, &[2])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(expand_contrib_ops(&mut model).unwrap(), 2);
+        let g = model.graph.unwrap();
+        let mut names = HashSet::new();
+        for n in &g.node {
+            assert!(names.insert(n.name.clone()), "{}", n.name);
+            for o in &n.output {
+                assert!(names.insert(o.clone()), "{o}");
+            }
+        }
     }
 
     #[test]
