@@ -1,8 +1,10 @@
 """Graphs with onnxruntime's contrib ops (`com.microsoft`) run, within the parity rule against
 onnxruntime on the unoptimized fp32 graph (the fixture's `reference.jsonl`, `ort_fp32`).
 
-Every graph is made here from the tiny fixture into pytest's temporary folder (nothing
-generated is committed), and each test asserts which contrib ops the graph really contains:
+Every graph is made here from the fixtures' fp32 or int8 graphs (tiny: tagger, discriminator,
+classifier; small: discriminator) into pytest's temporary folder (nothing generated is
+committed). Each test asserts which contrib ops its graph really contains, and (from the
+load's debug lines) that our attention, LayerNorm and int8 matmul ops took them over:
 
 - `optimize_model(..., model_type="bert", opt_level=0)` (what `optimum-cli onnxruntime
   optimize` runs; `opt_level=0` because onnxruntime's basic rewrites import torch just to print
@@ -22,7 +24,8 @@ generated is committed), and each test asserts which contrib ops the graph reall
   `SkipLayerNormalization`.
 
 Int8 graphs use the parity suite's rule: |ours - ort_fp32| <= 2 x |onnxruntime int8 -
-ort_fp32| + 2e-3, onnxruntime int8 being onnxruntime on the same int8 graph.
+ort_fp32| + 2e-3, onnxruntime int8 being onnxruntime on the same int8 graph; they are also
+packed (`electra-edge pack`) and must answer the same with every matmul's weights mapped.
 
 Needs the release binary (`cargo build --release`).
 """
@@ -46,6 +49,8 @@ SMALL = FIXTURES / "electra-small-zh"  # only its discriminator has an fp32 grap
 FP32_TOL = 1e-4
 EPSILON = 2e-3  # the parity suite's (src/selfcheck.rs)
 SENTENCES = 12
+# the heads whose raw outputs are logits (the encoder's are not)
+HEADS = ["tagger", "discriminator", "classifier"]
 
 ort.set_default_logger_severity(3)  # not its notes on unused initializers
 
@@ -92,9 +97,10 @@ def run_ours(folder, refs):
     # what our rewrites installed (the load's debug lines)
     ops = re.search(r"our ops installed: OpsReport \{ attention: (\d+), layer_norms: (\d+)",
                     run.stderr)
-    int8 = re.search(r"(\d+) quantized matmuls fused", run.stderr)
+    int8 = re.search(r"(\d+) quantized matmuls fused, (\d+) with mapped weights", run.stderr)
     assert ops and int8, run.stderr
-    installed = {"attention": int(ops[1]), "layer_norms": int(ops[2]), "int8": int(int8[1])}
+    installed = {"attention": int(ops[1]), "layer_norms": int(ops[2]), "int8": int(int8[1]),
+                 "mapped": int(int8[2])}
     return [np.array(a["logits"], dtype=np.float32).ravel() for a in answers], installed
 
 
@@ -216,7 +222,8 @@ def hand_fused(src, heads, embed):
 
 def assert_our_ops(installed, src, int8):
     """The contrib ops' expansions ran through our ops, as a plain export does: every
-    attention block, every LayerNorm (embeddings + 2 per layer), the int8 matmuls."""
+    attention block, every LayerNorm (embeddings + 2 per layer), the int8 matmuls (whose
+    packed weights `check_int8` also maps from a sidecar)."""
     layers = config(src)["num_hidden_layers"]
     assert installed["attention"] == layers, installed
     assert installed["layer_norms"] == 1 + 2 * layers, installed
@@ -225,10 +232,10 @@ def assert_our_ops(installed, src, int8):
 
 # the hand fusions run on the tiny fixture's tagger and discriminator and the small one's
 # discriminator (12 layers, 4 heads)
-HAND_FUSED = [TINY / "tagger", TINY / "discriminator", SMALL / "discriminator"]
+HAND_FUSED = [TINY / h for h in HEADS] + [SMALL / "discriminator"]
 
 
-@pytest.mark.parametrize("head", ["tagger", "discriminator"])
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("approximate", [False, True], ids=["erf-gelu", "fast-gelu"])
 def test_transformer_optimizer_graph(tmp_path, head, approximate):
     """`optimize_model` (BERT fusions): SkipLayerNormalization and BiasGelu, or FastGelu
@@ -285,6 +292,13 @@ def check_int8(folder, src, refs, what):
     fp32 = fp32_of(refs)
     theirs = run_ort(folder / "model.onnx", refs)
     ours, installed = run_ours(folder, refs)
+    # the packed-weights sidecar of the expanded graph: every fused matmul mapped, same answers
+    pack = subprocess.run([str(BINARY), "pack", "--model", str(folder)], capture_output=True,
+                          text=True, env={"RUST_LOG": "error"})
+    assert pack.returncode == 0, pack.stderr
+    mapped, with_sidecar = run_ours(folder, refs)
+    assert with_sidecar["mapped"] == with_sidecar["int8"] == installed["int8"], with_sidecar
+    assert all(np.array_equal(a, b) for a, b in zip(ours, mapped))
     worst_ratio = 0.0
     for o, t, f, r in zip(ours, theirs, fp32, refs):
         ort_err = float(np.max(np.abs(t - f)))
@@ -296,7 +310,7 @@ def check_int8(folder, src, refs, what):
     assert_our_ops(installed, src, int8=True)
 
 
-@pytest.mark.parametrize("head", ["tagger", "discriminator"])
+@pytest.mark.parametrize("head", HEADS)
 def test_onnxruntime_saved_int8_graph(tmp_path, head):
     """onnxruntime's saved optimized graph of the fixture's int8 model: DynamicQuantizeMatMul,
     MatMulIntegerToFloat, FusedMatMul, Gelu, SkipLayerNormalization."""
