@@ -8,17 +8,24 @@ load's debug lines) that our attention, LayerNorm and int8 matmul ops took them 
 
 - `optimize_model(..., model_type="bert", opt_level=0)` (what `optimum-cli onnxruntime
   optimize` runs; `opt_level=0` because onnxruntime's basic rewrites import torch just to print
-  its version): `SkipLayerNormalization`, `BiasGelu`. It does **not** fuse `Attention` or
-  `EmbedLayerNormalization` for these exports, with or without `FusionOptions`: the
-  attention mask of transformers 5 exports is a boolean `Where`/`IsNaN` subgraph the fusion
-  does not recognise, and ELECTRA's embedding LayerNorm feeds `embeddings_project` (a MatMul),
-  not an attention block ("No Attention like subgraph in children of LayerNormalization").
+  its version): `SkipLayerNormalization`, `BiasGelu` (`FastGelu` with
+  `enable_gelu_approximation`). It does **not** fuse `Attention` or
+  `EmbedLayerNormalization` for these exports, whatever the `FusionOptions` (tried: default,
+  `use_raw_attention_mask`, `disable_attention_mask`, `use_multi_head_attention`). Its
+  attention fusion stops at two artefacts of these transformers 5 exports (traced in
+  `fusion_attention.py`): an identity `Reshape` between the `P x V` MatMul and the heads'
+  transpose (its output path match fails), and, with that Reshape removed, the scores path
+  (`Softmax` wrapped in `Where(IsNaN)`, the boolean mask added through `Where`), which matches
+  none of its patterns. ELECTRA's embedding LayerNorm feeds `embeddings_project` (a MatMul),
+  not an attention block, so `EmbedLayerNormalization` is not fused either ("No Attention like
+  subgraph in children of LayerNormalization").
 - So `Attention` and `EmbedLayerNormalization` are fused here by hand (`hand_fused`, by the
   exporter's node names), the way the optimizer writes them for BERT (packed QKV weights
   `[H, 3H]`, 1-D `mask_index` from `EmbedLayerNormalization`, or the raw 2-D mask cast to
   int32). onnxruntime runs each hand-fused graph too and must agree with `ort_fp32`, so the
   fusion is checked independently of our runtime.
-- `quantize_dynamic` of the hand-fused graph writes `QAttention`; onnxruntime's own saved
+- `quantize_dynamic` of the hand-fused graph writes `QAttention` and
+  `QEmbedLayerNormalization`; onnxruntime's own saved
   optimized graph (`ORT_ENABLE_EXTENDED` + `optimized_model_filepath`) of an int8 graph writes
   `DynamicQuantizeMatMul`, `MatMulIntegerToFloat`, `FusedMatMul`, `Gelu`,
   `SkipLayerNormalization`.
