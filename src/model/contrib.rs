@@ -31,8 +31,9 @@
 //! Attention masks follow onnxruntime's CPU kernel: `mask_index` 1-D `[B]` is each row's
 //! number of attended (leading) keys, 2-D `[B, S]` and 3-D `[B, S, S]` are 0/1 masks; a key
 //! not attended gets `mask_filter_value` (default -10000) added to its score. Which of these
-//! a `mask_index` is, is read from the graph (value infos, inputs, or its producer:
-//! `EmbedLayerNormalization`'s mask index is 1-D); the 1-D `[2B]` form (ends and starts)
+//! a `mask_index` is, is read from the graph (value infos, inputs, or its producers:
+//! `EmbedLayerNormalization`'s mask index is 1-D, so is the optimizer's `ReduceSum` of the
+//! mask over axis 1, through `Cast`s); the 1-D `[2B]` form (ends and starts)
 //! cannot be told from `[B]` here and is not supported.
 //!
 //! Not supported (one error naming the op and node): `past`/`present` state, `unidirectional`,
@@ -138,15 +139,27 @@ struct Producer {
     first_input: Option<String>,
     /// A `perm` attribute's length.
     perm: Option<usize>,
+    /// For reductions: `keepdims` and how many axes (attribute, or a constant second input).
+    keepdims: bool,
+    axes: Option<usize>,
 }
 
 impl GraphInfo {
     fn new(g: &GraphProto) -> GraphInfo {
         let mut used: HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
         let mut producers = HashMap::new();
+        let init_len: HashMap<&str, usize> = g
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_str(), t.dims.iter().product::<i64>() as usize))
+            .collect();
         for n in &g.node {
             used.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
             let perm = attr(n, "perm").map(|a| a.ints.len());
+            let axes = attr(n, "axes").map(|a| a.ints.len()).or_else(|| {
+                let second = n.input.get(1)?;
+                init_len.get(second.as_str()).copied()
+            });
             for (slot, o) in n.output.iter().enumerate() {
                 producers.insert(
                     o.clone(),
@@ -156,6 +169,8 @@ impl GraphInfo {
                         slot,
                         first_input: n.input.first().cloned(),
                         perm,
+                        keepdims: attr_i(n, "keepdims", 1) != 0,
+                        axes,
                     },
                 );
             }
@@ -199,6 +214,15 @@ impl GraphInfo {
             ("EmbedLayerNormalization" | "QEmbedLayerNormalization", MS) if p.slot == 1 => Some(1),
             ("Cast" | "Identity", "") => self.rank(p.first_input.as_deref()?),
             ("Transpose", "") => p.perm,
+            // the optimizer's mask index: ReduceSum(Cast(mask), axes [1], keepdims 0)
+            ("ReduceSum", "") => {
+                let r = self.rank(p.first_input.as_deref()?)?;
+                if p.keepdims {
+                    Some(r)
+                } else {
+                    r.checked_sub(p.axes?)
+                }
+            }
             _ => None,
         }
     }

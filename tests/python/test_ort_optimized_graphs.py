@@ -154,11 +154,13 @@ def drop_dead_nodes(graph):
             graph.node.remove(n)
 
 
-def hand_fused(src, heads, embed):
+def hand_fused(src, heads, embed, mask_format="raw"):
     """The fp32 fixture graph with each layer's self-attention replaced by one
     `com.microsoft:Attention` (and, with `embed`, the embeddings by
     `EmbedLayerNormalization`, whose 1-D mask index the attentions take; else they take the
-    2-D mask cast to int32), the way onnxruntime's optimizer writes them for BERT."""
+    2-D mask cast to int32 (`mask_format="raw"`) or its row sums (`"index"`,
+    `ReduceSum(axes [1], keepdims 0)`)), the way onnxruntime's optimizer writes them for BERT
+    (`fusion_attention.py`, `process_mask`)."""
     model = onnx.load(str(src))
     g = model.graph
     alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity"}
@@ -189,6 +191,11 @@ def hand_fused(src, heads, embed):
     else:
         new_nodes.append(int32("attention_mask", "mask32"))
         mask = "mask32"
+        if mask_format == "index":
+            new_inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axes_1"))
+            new_nodes.append(helper.make_node("ReduceSum", ["mask32", "axes_1"], ["mask_index"],
+                                              keepdims=0))
+            mask = "mask_index"
     layer = 0
     while f"/electra/encoder/layer.{layer}/attention/self/query/MatMul" in by_name:
         p = f"/electra/encoder/layer.{layer}/attention/self/"
@@ -273,12 +280,14 @@ def test_transformer_optimizer_graph(tmp_path, head, approximate):
 
 
 @pytest.mark.parametrize("src", HAND_FUSED, ids=lambda p: f"{p.parent.name}/{p.name}")
-@pytest.mark.parametrize("embed", [True, False], ids=["embed-layer-norm", "raw-mask"])
-def test_hand_fused_attention_fp32(tmp_path, src, embed):
-    """Attention (1-D mask index or 2-D mask), EmbedLayerNormalization."""
+@pytest.mark.parametrize("embed,mask_format", [(True, None), (False, "raw"), (False, "index")],
+                         ids=["embed-layer-norm", "raw-mask", "reduce-sum-mask-index"])
+def test_hand_fused_attention_fp32(tmp_path, src, embed, mask_format):
+    """Attention (1-D mask index from EmbedLayerNormalization or ReduceSum, or 2-D mask),
+    EmbedLayerNormalization."""
     require_fixtures()
     cfg = config(src)
-    model = hand_fused(src / "model.fp32.onnx", cfg["num_attention_heads"], embed)
+    model = hand_fused(src / "model.fp32.onnx", cfg["num_attention_heads"], embed, mask_format)
     ops = contrib_ops(model)
     assert ops["Attention"] == cfg["num_hidden_layers"], ops
     assert ops["EmbedLayerNormalization"] == int(embed), ops
