@@ -16,8 +16,9 @@
 //!
 //! **What "int8" means.** A graph is int8 when one of its top-level nodes is an integer
 //! quantization op: `MatMulInteger`, `DynamicQuantizeLinear`, `QLinearMatMul`, `ConvInteger`,
-//! `QLinearConv` or `MatMulIntegerToFloat` (what onnxruntime's `quantize_dynamic` and
-//! `quantize_static` write). The file name is never trusted (a `model.onnx` is int8 in
+//! `QLinearConv`, `MatMulIntegerToFloat`, `DynamicQuantizeMatMul` or `QAttention` (what
+//! onnxruntime's `quantize_dynamic` and `quantize_static` write, and its saved optimized
+//! graphs of them). The file name is never trusted (a `model.onnx` is int8 in
 //! electra-edge's folders and fp32 in optimum's): the node list is read from the protobuf
 //! itself. Reading it is cheap: the ONNX `GraphProto` stores its nodes as separate fields, and
 //! the reader skips every other field (initializers, i.e. the weights) with a seek, so only the
@@ -41,13 +42,15 @@ pub const CANDIDATES: [&str; 6] = [
 ];
 
 /// Op types that make a graph "int8" (integer-quantized matmuls or convolutions).
-pub const INT8_OPS: [&str; 6] = [
+pub const INT8_OPS: [&str; 8] = [
     "MatMulInteger",
     "DynamicQuantizeLinear",
     "QLinearMatMul",
     "ConvInteger",
     "QLinearConv",
     "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QAttention",
 ];
 
 /// The chosen ONNX file and why it was chosen.
@@ -360,6 +363,16 @@ mod tests {
         );
         // b's initializer bytes contain "MatMulInteger", but no node is one
         assert_eq!(int8_op(&t.0.join("b.onnx")).unwrap(), None);
+        // onnxruntime's saved optimized int8 graphs may have no plain quantization op left
+        write(
+            &t.0,
+            "c.onnx",
+            &["Gather", "DynamicQuantizeMatMul", "QAttention"],
+        );
+        assert_eq!(
+            int8_op(&t.0.join("c.onnx")).unwrap(),
+            Some("DynamicQuantizeMatMul")
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //!   with character offsets.
 //! - [`model`]: the one narrow boundary around tract: load (decode -> parse -> fuse -> optimize
 //!   -> plan, once, with a symbolic sequence length) and run a row of token ids; packed int8
-//!   weights in a memory-mapped sidecar.
+//!   weights in a memory-mapped sidecar; onnxruntime's `com.microsoft` ops replaced by
+//!   standard ONNX nodes after decoding.
 //! - [`folder`]: which ONNX file of a model folder to load (int8 first) and where its
 //!   tokenizer is.
 //! - [`int8`]: our fused quantized matmul and its kernels (the fast int8 path).

@@ -1,7 +1,9 @@
-//! Graphs tract cannot run end in one error line naming the op and node, never a panic
+//! Graphs we cannot run end in one error line naming the op and node, never a panic
 //! (issue 9 item 4, issue 11 item 3). The graphs are built here, in memory: an op nobody
 //! knows, and onnxruntime's fused `com.microsoft:Attention` (what `optimum-cli onnxruntime
-//! optimize -O2` writes for BERT-style attention; tract-onnx 0.23.9 panics typing it).
+//! optimize -O2` writes for BERT-style attention; tract-onnx 0.23.9 alone panics typing it),
+//! which now loads (`model::contrib` expands it), and its unsupported `unidirectional`
+//! variant, which does not.
 
 mod common;
 
@@ -103,8 +105,23 @@ fn unknown_op() -> Vec<u8> {
     )
 }
 
-/// onnxruntime's fused attention: `Attention(x, qkv weights [8, 24], qkv bias [24])`.
-fn ms_attention() -> Vec<u8> {
+/// onnxruntime's fused attention: `Attention(x, qkv weights [8, 24], qkv bias [24])`, with
+/// `unidirectional` (causal) when asked.
+fn ms_attention(unidirectional: bool) -> Vec<u8> {
+    let mut attribute = vec![AttributeProto {
+        name: "num_heads".into(),
+        r#type: AttributeType::Int as i32,
+        i: 2,
+        ..Default::default()
+    }];
+    if unidirectional {
+        attribute.push(AttributeProto {
+            name: "unidirectional".into(),
+            r#type: AttributeType::Int as i32,
+            i: 1,
+            ..Default::default()
+        });
+    }
     graph_with(
         NodeProto {
             name: "attn_0".into(),
@@ -112,12 +129,7 @@ fn ms_attention() -> Vec<u8> {
             domain: "com.microsoft".into(),
             input: vec!["x".into(), "qkv_w".into(), "qkv_b".into()],
             output: vec!["y".into()],
-            attribute: vec![AttributeProto {
-                name: "num_heads".into(),
-                r#type: AttributeType::Int as i32,
-                i: 2,
-                ..Default::default()
-            }],
+            attribute,
             ..Default::default()
         },
         vec![floats("qkv_w", &[8, 24]), floats("qkv_b", &[24])],
@@ -143,12 +155,25 @@ fn unknown_op_is_one_clear_error() {
     assert!(!msg.contains('\n'), "{msg}");
 }
 
+/// (its values are checked against a reference in `model::contrib`'s unit tests)
 #[test]
-fn onnxruntime_fused_attention_does_not_panic() {
-    let msg = load_error(&ms_attention(), "ms-attention");
+fn onnxruntime_fused_attention_loads_and_runs() {
+    let dir = TempDir::new("ms-attention");
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, ms_attention(false)).unwrap();
+    let model = Model::load(&path, &ModelOptions::default()).unwrap();
+    let out = model.run(&[1, 5, 9, 2]).unwrap();
+    assert_eq!(out.shape, [4, 8]);
+    assert!(out.data.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn unsupported_attention_variant_is_one_clear_error() {
+    let msg = load_error(&ms_attention(true), "ms-attention-causal");
     eprintln!("{msg}");
     assert!(msg.contains("attn_0"), "{msg}");
     assert!(msg.contains("Attention"), "{msg}");
+    assert!(msg.contains("unidirectional"), "{msg}");
     assert!(!msg.contains('\n'), "{msg}");
 }
 
@@ -158,7 +183,7 @@ fn run_exits_1_with_one_line() {
     let tagger = fixtures().join("electra-tiny-zh/tagger");
     for (tag, bytes, node) in [
         ("cli-unknown", unknown_op(), "mystery_node"),
-        ("cli-attention", ms_attention(), "attn_0"),
+        ("cli-attention", ms_attention(true), "attn_0"),
     ] {
         let dir = TempDir::new(tag);
         for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {

@@ -1,5 +1,6 @@
-//! Reading an ONNX file: memory-map and decode it (big initializers stay in the map), then
-//! tract's parse with our inputs bound and the wanted output selected, then typing.
+//! Reading an ONNX file: memory-map and decode it (big initializers stay in the map;
+//! onnxruntime's contrib ops replaced by standard nodes, [`super::contrib`]), then tract's parse
+//! with our inputs bound and the wanted output selected, then typing.
 
 use std::fs::File;
 use std::path::Path;
@@ -41,6 +42,14 @@ pub(super) fn decode(
         )
     })?;
     let fp = fingerprint.then(|| super::weights::model_fingerprint(&map[..]));
+    let expanded = super::contrib::expand_contrib_ops(&mut proto)
+        .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
+    if expanded > 0 {
+        log::debug!(
+            "{}: {expanded} onnxruntime contrib ops replaced by standard ONNX nodes",
+            path.display()
+        );
+    }
     let moved = externalize_initializers(path, &mut proto, &map);
     release_free_heap();
     drop_pages(&map, 0, map.len());

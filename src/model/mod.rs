@@ -1,11 +1,12 @@
 //! The one narrow boundary around tract: load an ONNX graph once, run token ids through it.
 //!
-//! Loading: the file is memory-mapped and decoded, parsed by tract-onnx (ignoring the
-//! exporter's `value_info`, whose symbolic `batch`/`sequence` dims would otherwise clash with
-//! ours), given inputs `[B, S]` with symbolic batch and sequence lengths, pruned to the one
-//! output the task needs, and optimized **once**: every length up to the model's positions runs
-//! through the same plan without re-optimizing. Everything else in the crate sees only
-//! [`Model::run`].
+//! Loading: the file is memory-mapped and decoded (onnxruntime's `com.microsoft` ops, as its
+//! optimizer and `quantize_dynamic` write them, replaced by standard ONNX nodes: `contrib`),
+//! parsed by tract-onnx (ignoring the exporter's `value_info`, whose symbolic
+//! `batch`/`sequence` dims would otherwise clash with ours), given inputs `[B, S]` with symbolic
+//! batch and sequence lengths, pruned to the one output the task needs, and optimized **once**:
+//! every length up to the model's positions runs through the same plan without re-optimizing.
+//! Everything else in the crate sees only [`Model::run`].
 //!
 //! # int8 weights in a memory map (the packed-weights sidecar)
 //!
@@ -48,6 +49,7 @@
 //! the read-only file map), and glibc's free memory is handed back after each stage
 //! (`malloc_trim`). Small model, sidecar mapped: load peak ~1.35x the steady RSS (was ~1.8x).
 
+mod contrib;
 mod decode;
 mod inputs;
 mod memory;
@@ -174,8 +176,9 @@ impl Model {
                 kernel: None,
                 threads,
             };
-            crate::ops::fuse_transformer_ops(&mut typed, &ops_options)
+            let ops = crate::ops::fuse_transformer_ops(&mut typed, &ops_options)
                 .map_err(|e| anyhow!("{}: attention fusion failed: {e:#}", path.display()))?;
+            log::debug!("{}: our ops installed: {ops:?}", path.display());
             stages.lap("ops");
             info
         } else {
