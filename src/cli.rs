@@ -143,8 +143,9 @@ pub struct ModelArgs {
     /// Tag: include per-token labels.
     #[arg(long)]
     pub tokens: bool,
-    /// Threads per request for the int8 matmuls (default: run and check: the cores available to
-    /// the process; serve: the cores divided by --workers, 1 with the default workers).
+    /// Threads per request for the int8 matmuls, attention, LayerNorm and GELU (default: run and
+    /// check: the cores available to the process; serve: the cores divided by --workers, 1 with
+    /// the default workers).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: Option<u16>,
     /// Use tract's own int8 kernels instead of electra-edge's fused int8 matmul (comparisons).

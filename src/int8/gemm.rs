@@ -21,6 +21,8 @@ use super::pack::{PackedWeights, NR, QUAD_BYTES};
 use super::quantize::{self, QuantParams};
 use super::Kernel;
 
+use std::mem::MaybeUninit;
+
 /// Packed-A formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AFormat {
@@ -80,77 +82,121 @@ pub(crate) fn panels_per_tile(kernel: Kernel) -> usize {
     }
 }
 
+/// Values (of the format's element type) in one packed block of `mr` rows of `k`.
+fn block_len(fmt: AFormat, mr: usize, k: usize) -> usize {
+    let kq = k.div_ceil(4);
+    match fmt {
+        // U8Pairs rounds K up to whole pairs of quads (8 k)
+        AFormat::U8Pairs => kq.div_ceil(2) * 8 * mr,
+        _ => kq * mr * 4,
+    }
+}
+
+/// Bytes of one packed-A element.
+fn elem_bytes(fmt: AFormat) -> usize {
+    match fmt {
+        AFormat::I16MinusZa => 2,
+        _ => 1,
+    }
+}
+
 /// Packs u8 activations `[M, K]` (row-major) for a kernel.
 pub(crate) fn pack_a(kernel: Kernel, a: &[u8], m: usize, k: usize, za: u8) -> PackedA {
     let (mr, fmt) = config(kernel);
     assert_eq!(a.len(), m * k);
-    let kq = k.div_ceil(4);
-    let blocks = m.div_ceil(mr);
-    let per_block = kq * mr * 4;
+    let per_block = block_len(fmt, mr, k);
+    let len = m.div_ceil(mr) * per_block;
     let mut rowsum = vec![0i32; m];
-    let kza = (k as i32) * za as i32;
-    match fmt {
+    let buf = match fmt {
         AFormat::I16MinusZa => {
-            let mut buf = vec![0i16; blocks * per_block];
-            for row in 0..m {
-                let (b, r) = (row / mr, row % mr);
-                let dst = &mut buf[b * per_block + r * 4..(b + 1) * per_block];
-                let src = &a[row * k..(row + 1) * k];
-                let s = match kernel {
-                    // SAFETY: an available kernel (resolved by the callers): AVX2 is there.
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2 => unsafe { super::x86::pack_row_i16_avx2(src, dst, mr * 4, za) },
-                    _ => pack_row_i16(src, dst, mr * 4, za),
-                };
-                rowsum[row] = s - kza;
-            }
-            PackedA {
-                buf: ABuf::I16(buf),
-                rowsum,
-                block_bytes: per_block * 2,
-            }
+            let mut buf = vec![0i16; len];
+            pack_rows_i16(kernel, a, k, za, mr, &mut buf, &mut rowsum);
+            ABuf::I16(buf)
         }
         AFormat::I8Shifted => {
-            let mut buf = vec![0i8; blocks * per_block];
-            for row in 0..m {
-                let (b, r) = (row / mr, row % mr);
-                let dst = &mut buf[b * per_block..(b + 1) * per_block];
-                let src = &a[row * k..(row + 1) * k];
-                let mut s = 0i32;
-                for (q, chunk) in src.chunks(4).enumerate() {
-                    let d = &mut dst[(q * mr + r) * 4..(q * mr + r) * 4 + 4];
-                    for (d, &x) in d.iter_mut().zip(chunk) {
-                        *d = (x ^ 0x80) as i8;
-                        s += x as i32;
-                    }
-                }
-                rowsum[row] = s - kza;
-            }
-            PackedA {
-                buf: ABuf::I8(buf),
-                rowsum,
-                block_bytes: per_block,
-            }
+            let mut buf = vec![0i8; len];
+            pack_rows_i8(a, k, za, mr, &mut buf, &mut rowsum);
+            ABuf::I8(buf)
         }
         AFormat::U8 | AFormat::U8Pairs => {
-            // U8Pairs rounds K up to whole pairs of quads (8 k)
-            let per_block = match fmt {
-                AFormat::U8 => per_block,
-                _ => kq.div_ceil(2) * 8 * mr,
-            };
-            let mut buf = vec![0u8; blocks * per_block];
-            for row in 0..m {
-                let (b, r) = (row / mr, row % mr);
-                let dst = &mut buf[b * per_block..(b + 1) * per_block];
-                let src = &a[row * k..(row + 1) * k];
-                rowsum[row] = pack_row_u8(fmt, src, dst, mr, r) - kza;
-            }
-            PackedA {
-                buf: ABuf::U8(buf),
-                rowsum,
-                block_bytes: per_block,
+            let mut buf = vec![0u8; len];
+            pack_rows_u8(fmt, a, k, za, mr, &mut buf, &mut rowsum);
+            ABuf::U8(buf)
+        }
+    };
+    PackedA {
+        buf,
+        rowsum,
+        block_bytes: per_block * elem_bytes(fmt),
+    }
+}
+
+/// The I16MinusZa layout of `rowsum.len()` rows of u8 `a` into `buf` (their blocks, zeroed);
+/// `rowsum[m] = sum_k (a - za)`.
+fn pack_rows_i16(
+    kernel: Kernel,
+    a: &[u8],
+    k: usize,
+    za: u8,
+    mr: usize,
+    buf: &mut [i16],
+    rowsum: &mut [i32],
+) {
+    let per_block = block_len(AFormat::I16MinusZa, mr, k);
+    let kza = (k as i32) * za as i32;
+    for (row, rs) in rowsum.iter_mut().enumerate() {
+        let (b, r) = (row / mr, row % mr);
+        let dst = &mut buf[b * per_block + r * 4..(b + 1) * per_block];
+        let src = &a[row * k..(row + 1) * k];
+        let s = match kernel {
+            // SAFETY: an available kernel (resolved by the callers): AVX2 is there.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { super::x86::pack_row_i16_avx2(src, dst, mr * 4, za) },
+            _ => pack_row_i16(src, dst, mr * 4, za),
+        };
+        *rs = s - kza;
+    }
+}
+
+/// The I8Shifted layout (`a - 128`) of `rowsum.len()` rows of u8 `a` into `buf` (their
+/// blocks, zeroed); `rowsum[m] = sum_k (a - za)`.
+fn pack_rows_i8(a: &[u8], k: usize, za: u8, mr: usize, buf: &mut [i8], rowsum: &mut [i32]) {
+    let per_block = block_len(AFormat::I8Shifted, mr, k);
+    let kza = (k as i32) * za as i32;
+    for (row, rs) in rowsum.iter_mut().enumerate() {
+        let (b, r) = (row / mr, row % mr);
+        let dst = &mut buf[b * per_block..(b + 1) * per_block];
+        let src = &a[row * k..(row + 1) * k];
+        let mut s = 0i32;
+        for (q, chunk) in src.chunks(4).enumerate() {
+            let d = &mut dst[(q * mr + r) * 4..(q * mr + r) * 4 + 4];
+            for (d, &x) in d.iter_mut().zip(chunk) {
+                *d = (x ^ 0x80) as i8;
+                s += x as i32;
             }
         }
+        *rs = s - kza;
+    }
+}
+
+/// The U8 / U8Pairs layout of `rowsum.len()` rows of u8 `a` into `buf` (their blocks,
+/// zeroed); `rowsum[m] = sum_k (a - za)`.
+fn pack_rows_u8(
+    fmt: AFormat,
+    a: &[u8],
+    k: usize,
+    za: u8,
+    mr: usize,
+    buf: &mut [u8],
+    rowsum: &mut [i32],
+) {
+    let per_block = block_len(fmt, mr, k);
+    let kza = (k as i32) * za as i32;
+    for (row, rs) in rowsum.iter_mut().enumerate() {
+        let (b, r) = (row / mr, row % mr);
+        let dst = &mut buf[b * per_block..(b + 1) * per_block];
+        let src = &a[row * k..(row + 1) * k];
+        *rs = pack_row_u8(fmt, src, dst, mr, r) - kza;
     }
 }
 
@@ -194,6 +240,9 @@ pub(crate) enum Out<'a> {
         sa: f32,
         sw: &'a [f32],
         bias: Option<&'a [f32]>,
+        /// `Some(div)`: torch's erf GELU on the result, applied by [`execute`] to each
+        /// column range after its GEMM.
+        gelu: Option<f32>,
     },
 }
 
@@ -450,8 +499,12 @@ fn execute(run: Runner, np: usize, job: &Job, panels: usize, threads: usize) {
     let groups = panels.div_ceil(np);
     let threads = threads.min(useful).clamp(1, groups.max(1));
     if threads == 1 {
-        // SAFETY: the job's buffers are valid for all panels (built by the callers below).
-        unsafe { run(job, 0, panels) };
+        // SAFETY: the job's buffers are valid for all panels (built by the callers below),
+        // and the epilogue's columns are the ones just computed, on this thread only.
+        unsafe {
+            run(job, 0, panels);
+            gelu_columns(job, 0, panels);
+        }
         return;
     }
     let tasks = (2 * threads).min(groups);
@@ -462,8 +515,39 @@ fn execute(run: Runner, np: usize, job: &Job, panels: usize, threads: usize) {
         let p1 = (p0 + per).min(panels);
         // SAFETY: as above; tasks cover disjoint column ranges, so no two threads write the
         // same output element, and the job outlives `run` (which waits for every task).
-        unsafe { run(job, p0, p1) }
+        unsafe {
+            run(job, p0, p1);
+            gelu_columns(job, p0, p1);
+        }
     });
+}
+
+/// The GELU of an f32 job with one, over the columns of panels `[p0, p1)` of every row (the
+/// whole output in one call when that is all of it).
+///
+/// # Safety
+/// The job's output must be valid for `m x n` values, and the columns of panels `[p0, p1)`
+/// written by no other thread meanwhile.
+unsafe fn gelu_columns(job: &Job, p0: usize, p1: usize) {
+    let Out::F32 {
+        y, gelu: Some(div), ..
+    } = job.out
+    else {
+        return;
+    };
+    let (c0, c1) = ((p0 * NR).min(job.n), (p1 * NR).min(job.n));
+    if c0 == 0 && c1 == job.n {
+        // SAFETY: the whole output (caller), no other thread writes it meanwhile.
+        let all = unsafe { std::slice::from_raw_parts_mut(y, job.m * job.n) };
+        super::gelu::gelu_f32(true, all, div);
+        return;
+    }
+    for row in 0..job.m {
+        // SAFETY: row `row`, columns c0..c1 <= n of the output (caller), which only this
+        // call writes meanwhile.
+        let part = unsafe { std::slice::from_raw_parts_mut(y.add(row * job.n + c0), c1 - c0) };
+        super::gelu::gelu_f32(true, part, div);
+    }
 }
 
 fn check_a(a: &[u8], m: usize, w: &PackedWeights) {
@@ -552,7 +636,7 @@ pub fn qgemm_f32(
         return;
     }
     let (kernel, pa) = prepare(kernel, a, m, za, w);
-    run_f32(kernel, &pa, za, m, sa, w, sw, bias, y, threads);
+    run_f32(kernel, &pa, za, m, sa, w, sw, bias, None, y, threads);
 }
 
 /// Shapes of the f32 epilogue's operands: `y` `[M, N]`, 1 or N weight scales, N bias values.
@@ -587,6 +671,7 @@ fn run_f32(
     w: &PackedWeights,
     sw: &[f32],
     bias: Option<&[f32]>,
+    gelu: Option<f32>,
     y: &mut [f32],
     threads: usize,
 ) {
@@ -607,6 +692,7 @@ fn run_f32(
             sa,
             sw,
             bias,
+            gelu,
         },
     };
     execute(
@@ -631,6 +717,26 @@ pub fn quantized_matmul_f32(
     y: &mut [f32],
     threads: usize,
 ) -> QuantParams {
+    quantized_matmul_gelu_f32(kernel, x, m, w, sw, bias, None, y, threads)
+}
+
+/// [`quantized_matmul_f32`], then with `gelu = Some(div)` torch's erf GELU on every output,
+/// `y * (erf(y / div) + 1) * 0.5` ([`super::gelu`]), applied by each thread to the columns
+/// it computed (no separate pass). Every step is split over up to `threads` threads when it
+/// is big enough (min/max by chunks, quantize-and-pack by row blocks, the GEMM and the GELU
+/// by column ranges); the result is the same for any number of threads.
+#[allow(clippy::too_many_arguments)]
+pub fn quantized_matmul_gelu_f32(
+    kernel: Kernel,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    sw: &[f32],
+    bias: Option<&[f32]>,
+    gelu: Option<f32>,
+    y: &mut [f32],
+    threads: usize,
+) -> QuantParams {
     assert_eq!(
         x.len(),
         m * w.k(),
@@ -639,12 +745,12 @@ pub fn quantized_matmul_f32(
     );
     check_f32_epilogue("quantized_matmul_f32", m, w, sw, bias, y);
     let kernel = Kernel::resolve(Some(kernel));
-    let (lo, hi) = quantize::min_max(kernel, x);
+    let (lo, hi) = min_max_split(kernel, x, threads);
     let p = QuantParams::from_min_max(lo, hi);
     if m == 0 {
         return p;
     }
-    let pa = quantize_pack_a(kernel, x, m, w.k(), p);
+    let pa = quantize_pack_a(kernel, x, m, w.k(), p, threads);
     run_f32(
         kernel,
         &pa,
@@ -654,31 +760,166 @@ pub fn quantized_matmul_f32(
         w,
         sw,
         bias,
+        gelu,
         y,
         threads,
     );
     p
 }
 
-/// `DynamicQuantizeLinear` of `x` `[M, K]` with parameters `p`, packed for `kernel`: AVX2
-/// quantizes straight into its layout (`a - za = clamp(round(x / s), -zp, 255 - zp)`, no u8
-/// tensor); the others quantize to u8, then pack.
-fn quantize_pack_a(kernel: Kernel, x: &[f32], m: usize, k: usize, p: QuantParams) -> PackedA {
-    match kernel {
-        // SAFETY: an available kernel (resolved by the caller): AVX2 is there.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { super::x86::quantize_pack_a_avx2(x, m, k, p) },
-        // SAFETY: an available kernel (resolved by the caller): AVX2 is there.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::AvxVnni | Kernel::Avx512Vnni => unsafe {
-            super::x86::quantize_pack_a_u8_avx2(x, m, k, p, config(kernel).0)
-        },
-        _ => {
-            let mut q = vec![0u8; x.len()];
-            quantize::quantize(kernel, x, p, &mut q);
-            pack_a(kernel, &q, m, k, p.zero_point)
-        }
+/// Smallest share of a quantize-and-pack pass worth a thread of its own, in elements (about
+/// 10 us of AVX2 work: 128 tokens x K = 256 is two shares).
+pub(crate) const MIN_QUANT_ELEMS_PER_THREAD: usize = 1 << 14;
+
+/// Smallest share of the min/max pass worth a thread of its own, in elements (min/max is
+/// several times cheaper per element than quantizing).
+pub(crate) const MIN_MINMAX_ELEMS_PER_THREAD: usize = 1 << 16;
+
+/// Min and max of `x` together with 0 (NaNs ignored), split over up to `threads` threads
+/// when it is big enough: each chunk's min/max, then the min/max of those, which is exact
+/// (and the chunks' results are never NaN), so the quantization parameters are the same for
+/// any split.
+pub(crate) fn min_max_split(kernel: Kernel, x: &[f32], threads: usize) -> (f32, f32) {
+    let t = super::pool::threads_for(x.len(), threads, MIN_MINMAX_ELEMS_PER_THREAD);
+    if t <= 1 {
+        return quantize::min_max(kernel, x);
     }
+    let per = super::pool::units_per_task(x.len(), t);
+    let mut parts = vec![(0f32, 0f32); x.len().div_ceil(per)];
+    let items: Vec<_> = x.chunks(per).zip(parts.iter_mut()).collect();
+    super::pool::for_each_item(items, t, |_, (c, part)| {
+        *part = quantize::min_max(kernel, c)
+    });
+    parts.iter().fold((0f32, 0f32), |(lo, hi), &(l, h)| {
+        (if l < lo { l } else { lo }, if h > hi { h } else { hi })
+    })
+}
+
+/// `DynamicQuantizeLinear` of `x` `[M, K]` with parameters `p`, packed for `kernel`, split
+/// over up to `threads` threads by ranges of whole row blocks when it is big enough. AVX2
+/// quantizes straight into its layout (`a - za = clamp(round(x / s), -zp, 255 - zp)`, no u8
+/// tensor), and so does the VNNI layout (u8 `a`, with AVX2); the others quantize a range of
+/// rows to u8, then pack it. `kernel` must be available (resolved), or (tests) a layout whose
+/// quantizer this CPU can run (the x86-64 layouts need AVX2).
+pub(crate) fn quantize_pack_a(
+    kernel: Kernel,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    p: QuantParams,
+    threads: usize,
+) -> PackedA {
+    assert_eq!(
+        x.len(),
+        m * k,
+        "quantize_pack_a: X has {} elements, not M*K",
+        x.len()
+    );
+    let (mr, fmt) = config(kernel);
+    let per_block = block_len(fmt, mr, k);
+    let mut rowsum = vec![0i32; m];
+    let za = p.zero_point;
+    // `p.scale > 0` is what the AVX2 quantizers require; with scale 0, every q is zp = 0 and
+    // the zeroed blocks and row sums are already the result
+    let scaled = p.scale > 0.0;
+    let quantized = |xs: &[f32]| {
+        let mut q = vec![0u8; xs.len()];
+        quantize::quantize(kernel, xs, p, &mut q);
+        q
+    };
+    let rs = &mut rowsum;
+    let buf = match fmt {
+        AFormat::I16MinusZa => ABuf::I16(build_blocks(x, k, mr, per_block, threads, rs, {
+            |xs: &[f32], buf: &mut [i16], rs: &mut [i32]| match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => {
+                    if scaled {
+                        // SAFETY: an available kernel (resolved by the callers): AVX2 is
+                        // there; `xs` holds the rows, `buf` their blocks; scale > 0.
+                        unsafe { super::x86::quantize_rows_i16_avx2(xs, k, p, buf, rs) }
+                    }
+                }
+                _ => pack_rows_i16(kernel, &quantized(xs), k, za, mr, buf, rs),
+            }
+        })),
+        AFormat::I8Shifted => ABuf::I8(build_blocks(x, k, mr, per_block, threads, rs, {
+            |xs: &[f32], buf: &mut [i8], rs: &mut [i32]| {
+                pack_rows_i8(&quantized(xs), k, za, mr, buf, rs)
+            }
+        })),
+        AFormat::U8 | AFormat::U8Pairs => {
+            ABuf::U8(build_blocks(x, k, mr, per_block, threads, rs, {
+                |xs: &[f32], buf: &mut [u8], rs: &mut [i32]| match (kernel, fmt) {
+                    #[cfg(target_arch = "x86_64")]
+                    (Kernel::AvxVnni | Kernel::Avx512Vnni, AFormat::U8) => {
+                        if scaled {
+                            // SAFETY: AVX2 is there: a resolved VNNI kernel's availability
+                            // includes it (`Kernel::is_available`), and the tests pass these
+                            // layouts only where AVX2 is detected; `xs` holds the rows, `buf`
+                            // their blocks; scale > 0.
+                            unsafe { super::x86::quantize_rows_u8(xs, k, p, mr, buf, rs) }
+                        }
+                    }
+                    _ => pack_rows_u8(fmt, &quantized(xs), k, za, mr, buf, rs),
+                }
+            }))
+        }
+    };
+    PackedA {
+        buf,
+        rowsum,
+        block_bytes: per_block * elem_bytes(fmt),
+    }
+}
+
+/// The packed-A buffer of the rows of `x` (`rowsum.len()` rows of `k`): `ceil(rows / mr)`
+/// blocks of `per_block` values, built by `fill(rows of x, their blocks, their row sums)`
+/// over ranges of whole blocks, on up to `threads` threads of the pool when the input is big
+/// enough. Each range is zeroed (the padding: k past K, rows past the last) by the task that
+/// fills it, so no serial memset precedes the split.
+fn build_blocks<T, F>(
+    x: &[f32],
+    k: usize,
+    mr: usize,
+    per_block: usize,
+    threads: usize,
+    rowsum: &mut [i32],
+    fill: F,
+) -> Vec<T>
+where
+    T: Copy + Default + Send,
+    F: Fn(&[f32], &mut [T], &mut [i32]) + Sync,
+{
+    let m = rowsum.len();
+    let blocks = m.div_ceil(mr);
+    let len = blocks * per_block;
+    if len == 0 {
+        return Vec::new();
+    }
+    let t = super::pool::threads_for(blocks, threads, MIN_QUANT_ELEMS_PER_THREAD.div_ceil(mr * k));
+    let per = super::pool::units_per_task(blocks, t);
+    let mut buf: Vec<T> = Vec::with_capacity(len);
+    type Item<'a, T> = (usize, &'a mut [MaybeUninit<T>], &'a mut [i32]);
+    let items: Vec<Item<T>> = buf.spare_capacity_mut()[..len]
+        .chunks_mut(per * per_block)
+        .zip(rowsum.chunks_mut(per * mr))
+        .enumerate()
+        .map(|(i, (b, r))| (i * per * mr, b, r))
+        .collect();
+    // every block is in one of the ranges (so all `len` values get initialised below)
+    assert_eq!(items.len(), len.div_ceil(per * per_block));
+    super::pool::for_each_item(items, t, |_, (row0, b, rs)| {
+        b.fill(MaybeUninit::new(T::default()));
+        // SAFETY: every element of `b` was initialised just above, and `MaybeUninit<T>` has
+        // the layout of `T`.
+        let b = unsafe { &mut *(b as *mut [MaybeUninit<T>] as *mut [T]) };
+        fill(&x[row0 * k..(row0 + rs.len()) * k], b, rs);
+    });
+    // SAFETY: the ranges cover the first `len` values of the capacity (asserted above) and
+    // each task initialised its whole range; `for_each_item` returns only after every task
+    // has finished (a panicking task is re-raised before this line is reached).
+    unsafe { buf.set_len(len) };
+    buf
 }
 
 /// [`qgemm_i32`] with the A layout of `layout` (available here or not) and a given runner:

@@ -25,7 +25,11 @@
 //! best available at run time; `ELECTRA_EDGE_KERNEL` (`scalar`, `avx2`, `avxvnni`,
 //! `avx512vnni`, `neon`, `dotprod`, `i8mm`) or an explicit [`Kernel`] argument overrides it. Threads split the columns of a matmul
 //! over the persistent [`pool`] (`threads` = 1: the calling thread only; matmuls under ~2M
-//! MACs per thread stay on the calling thread).
+//! MACs per thread stay on the calling thread), and so are the steps around it in
+//! [`quantized_matmul_gelu_f32`]: the activations' min/max (chunks, from 64K elements per
+//! thread), their quantize-and-pack (ranges of row blocks, from 16K elements per thread) and
+//! a GELU epilogue (each thread on the columns it computed); the results do not depend on
+//! the number of threads.
 //!
 //! In the graph: [`op::QMatMul`] is the fused tract op and [`fuse_quantized_matmuls`] the
 //! rewrite that installs it between `into_typed()` and `into_optimized()`; with
@@ -57,7 +61,7 @@ mod x86;
 #[cfg(test)]
 mod tests;
 
-pub use gemm::{qgemm_f32, qgemm_i32, quantized_matmul_f32};
+pub use gemm::{qgemm_f32, qgemm_i32, quantized_matmul_f32, quantized_matmul_gelu_f32};
 pub use op::{
     fuse_quantized_matmuls, fuse_quantized_matmuls_from, fuse_quantized_matmuls_with,
     packed_weights_of, FuseOptions, FuseReport, QMatMul,

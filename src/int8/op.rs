@@ -25,7 +25,7 @@ use tract_core::ops::change_axes::AxisOp;
 use tract_core::ops::einsum::EinSum;
 
 use super::sidecar::Sidecar;
-use super::{pack_weights, quantized_matmul_f32, Kernel, PackedWeights};
+use super::{pack_weights, quantized_matmul_gelu_f32, Kernel, PackedWeights};
 
 /// `y = DynamicQuantizeLinear(x) x W` dequantized, plus bias: the whole quantize_dynamic
 /// MatMul chain in one op. Input f32 `[.., K]`, output f32 `[.., N]`.
@@ -37,7 +37,8 @@ pub struct QMatMul {
     pub bias: Option<Arc<[f32]>>,
     /// `None`: [`Kernel::default_choice`] at run time.
     pub kernel: Option<Kernel>,
-    /// Column split; 1 = on the calling thread.
+    /// Threads of the pool for min/max, quantize-and-pack, the GEMM's column ranges and the
+    /// GELU (each step split when it is big enough); 1 = on the calling thread.
     pub threads: usize,
     /// `Some(div)`: torch's erf GELU applied to the output, `y * (erf(y / div) + 1) * 0.5`
     /// (installed by the `ops` rewrite).
@@ -105,19 +106,17 @@ impl EvalOp for QMatMul {
             let xs = xr.as_slice::<f32>()?;
             let mut yr = y.try_as_plain_ram_mut()?;
             let ys = yr.as_slice_mut::<f32>()?;
-            quantized_matmul_f32(
+            quantized_matmul_gelu_f32(
                 Kernel::resolve(self.kernel),
                 xs,
                 m,
                 &self.weights,
                 &self.w_scale,
                 self.bias.as_deref(),
+                self.gelu,
                 ys,
                 self.threads,
             );
-            if let Some(div) = self.gelu {
-                super::gelu::gelu_f32(true, ys, div);
-            }
         }
         Ok(tvec!(y.into_tvalue()))
     }

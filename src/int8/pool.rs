@@ -220,6 +220,51 @@ impl Drop for Pool {
     }
 }
 
+/// The threads worth using for `units` units of work when each thread should get at least
+/// `min_units` of them: between 1 and `threads` (and never more than `units`). Below that a
+/// pool wake-up costs about what it saves (and on a busy host a descheduled helper that
+/// claimed a task makes the caller wait). Unit tests (`cfg(test)`) ignore `min_units`, so
+/// that small inputs exercise the split.
+pub(crate) fn threads_for(units: usize, threads: usize, min_units: usize) -> usize {
+    let useful = if cfg!(test) {
+        units
+    } else {
+        units / min_units.max(1)
+    };
+    threads.min(useful).min(units).max(1)
+}
+
+/// Units per task when `units` are split over `threads` threads: about two tasks per thread
+/// (a thread that starts late takes fewer), all units in one task for one thread.
+pub(crate) fn units_per_task(units: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        units.max(1)
+    } else {
+        units.div_ceil(2 * threads).max(1)
+    }
+}
+
+/// Calls `f(i, item)` for every item of `items` (`i`: its index), as tasks of the global
+/// pool on up to `threads` threads, each item moved into the task that takes it (so items
+/// can be disjoint `&mut` chunks of one output). One item or one thread: all on the caller.
+pub(crate) fn for_each_item<I: Send, F: Fn(usize, I) + Sync>(items: Vec<I>, threads: usize, f: F) {
+    if threads <= 1 || items.len() <= 1 {
+        for (i, item) in items.into_iter().enumerate() {
+            f(i, item);
+        }
+        return;
+    }
+    let slots: Vec<Mutex<Option<I>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
+    Pool::global().run(slots.len(), threads, |i| {
+        let item = slots[i]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("a pool task runs once");
+        f(i, item);
+    });
+}
+
 /// Takes a run with unclaimed tasks and a free helper slot off the queue front, dropping
 /// runs that have nothing left for pool threads.
 fn take(q: &mut VecDeque<Arc<Run>>, pending: &AtomicUsize) -> Option<Arc<Run>> {
@@ -323,6 +368,31 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn items_split_disjoint_chunks_of_one_output() {
+        for threads in [1, 2, 3] {
+            for len in [0, 1, 5, 64, 1001] {
+                let mut out = vec![0usize; len];
+                let per = units_per_task(len, threads);
+                let chunks: Vec<(usize, &mut [usize])> = out.chunks_mut(per).enumerate().collect();
+                for_each_item(chunks, threads, |i, (c, chunk)| {
+                    assert_eq!(i, c);
+                    for (j, v) in chunk.iter_mut().enumerate() {
+                        *v += c * per + j + 1;
+                    }
+                });
+                assert!(out.iter().enumerate().all(|(j, &v)| v == j + 1));
+            }
+        }
+        // (unit tests: every unit may get a thread; at most `threads`, at least 1)
+        assert_eq!(threads_for(0, 4, 100), 1);
+        assert_eq!(threads_for(3, 4, 100), 3);
+        assert_eq!(threads_for(1000, 2, 100), 2);
+        assert_eq!(units_per_task(10, 1), 10);
+        assert_eq!(units_per_task(10, 2), 3);
+        assert_eq!(units_per_task(1, 3), 1);
     }
 
     #[test]

@@ -675,29 +675,53 @@ fn kernel_names_and_dispatch() {
     }
 }
 
-/// The fused AVX2 quantize-into-VNNI-layout step equals quantize + pack (it runs wherever AVX2
-/// does, VNNI or not).
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn quantize_pack_a_u8_matches_quantize_then_pack() {
-    if !Kernel::Avx2.is_available() {
+/// The packed-A layouts whose quantize-and-pack path can run here: all of them, except the
+/// x86-64 ones (AVX2 code, also for the VNNI layouts) on an x86-64 CPU without AVX2 (said).
+fn packing_layouts() -> Vec<Kernel> {
+    let avx2 = cfg!(target_arch = "x86_64") && Kernel::Avx2.is_available();
+    let x86 = [Kernel::Avx2, Kernel::AvxVnni, Kernel::Avx512Vnni];
+    if cfg!(target_arch = "x86_64") && !avx2 {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED quantize_pack_a_u8_avx2: this CPU lacks {}",
+            "SKIPPED quantize-and-pack of the avx2/avxvnni/avx512vnni layouts: this CPU lacks {}",
             Kernel::Avx2.features()
         );
-        return;
     }
+    Kernel::ALL
+        .into_iter()
+        .filter(|k| avx2 || !cfg!(target_arch = "x86_64") || !x86.contains(k))
+        .collect()
+}
+
+fn same_packed(a: &super::gemm::PackedA, b: &super::gemm::PackedA) -> bool {
+    use super::gemm::ABuf;
+    a.rowsum == b.rowsum
+        && a.block_bytes == b.block_bytes
+        && match (&a.buf, &b.buf) {
+            (ABuf::I16(x), ABuf::I16(y)) => x == y,
+            (ABuf::I8(x), ABuf::I8(y)) => x == y,
+            (ABuf::U8(x), ABuf::U8(y)) => x == y,
+            _ => false,
+        }
+}
+
+/// Quantize-and-pack straight from f32 (split over 1, 2, 3 or 7 threads by ranges of row
+/// blocks) equals quantizing with the scalar reference, then packing, for every layout:
+/// odd sizes, fewer rows than threads, NaNs, an all-zero input (scale 0).
+#[test]
+fn quantize_pack_a_matches_quantize_then_pack_on_any_threads() {
     let mut rng = XorShift::new(7);
-    for layout in [Kernel::AvxVnni, Kernel::Avx512Vnni] {
-        let mr = super::gemm::config(layout).0;
+    for layout in packing_layouts() {
         for &(m, k, lo, hi) in &[
             (1, 1, -1.0f32, 1.0f32),
+            (2, 5, -1.0, 2.0),
             (7, 33, -3.0, 5.0),
             (13, 256, -0.5, 9.0),
             (9, 17, 0.0, 0.0),
             (17, 100, -7.0, -1.0),
+            (25, 64, -2.0, 2.0),
+            (40, 12, 0.5, 3.0),
         ] {
             let mut x: Vec<f32> = (0..m * k).map(|_| rng.f32(lo, hi)).collect();
             if x.len() > 5 {
@@ -708,15 +732,93 @@ fn quantize_pack_a_u8_matches_quantize_then_pack() {
             let mut q = vec![0u8; m * k];
             quantize::quantize(Kernel::Scalar, &x, p, &mut q);
             let want = super::gemm::pack_a(layout, &q, m, k, p.zero_point);
-            // SAFETY: AVX2 is available (checked above).
-            let got = unsafe { super::x86::quantize_pack_a_u8_avx2(&x, m, k, p, mr) };
-            assert_eq!(got.rowsum, want.rowsum, "{layout} {m}x{k}");
-            assert_eq!(got.block_bytes, want.block_bytes);
-            match (&got.buf, &want.buf) {
-                (super::gemm::ABuf::U8(g), super::gemm::ABuf::U8(w)) => {
-                    assert_eq!(g, w, "{layout} {m}x{k}")
-                }
-                _ => panic!("{layout}: not the U8 layout"),
+            for threads in [1, 2, 3, 7] {
+                let got = super::gemm::quantize_pack_a(layout, &x, m, k, p, threads);
+                assert!(same_packed(&got, &want), "{layout} {m}x{k} x{threads}");
+            }
+        }
+    }
+}
+
+/// The min/max split in chunks over threads gives the same bits as the serial reference
+/// (NaNs ignored, negative zeros, infinities, one-signed inputs, fewer values than threads).
+#[test]
+fn min_max_is_the_same_on_any_threads() {
+    let mut rng = XorShift::new(8);
+    let mut inputs: Vec<Vec<f32>> = vec![
+        vec![],
+        vec![3.0],
+        vec![-0.0; 37],
+        (0..1000).map(|i| i as f32 * 0.5 + 1.0).collect(),
+        (0..999).map(|i| -(i as f32) - 0.25).collect(),
+        (0..4097).map(|_| rng.f32(-5.0, 7.0)).collect(),
+    ];
+    let mut nan: Vec<f32> = (0..300).map(|_| rng.f32(-1.0, 1.0)).collect();
+    nan[0] = f32::NAN;
+    nan[299] = f32::NAN;
+    nan[150] = f32::INFINITY;
+    inputs.push(nan);
+    let mut ninf: Vec<f32> = (0..77).map(|_| rng.f32(-1.0, 1.0)).collect();
+    ninf[70] = f32::NEG_INFINITY;
+    inputs.push(ninf);
+    for x in &inputs {
+        let (wl, wh) = min_max_scalar(x);
+        for kernel in kernels() {
+            for threads in [1, 2, 3, 5] {
+                let (l, h) = super::gemm::min_max_split(kernel, x, threads);
+                assert_eq!(
+                    (l.to_bits(), h.to_bits()),
+                    (wl.to_bits(), wh.to_bits()),
+                    "{kernel} x{threads} len {}: ({l}, {h}) vs ({wl}, {wh})",
+                    x.len()
+                );
+            }
+        }
+    }
+}
+
+/// The fused op with its GELU epilogue: bit-identical on 1, 2, 3 and 5 threads (each thread
+/// applies the GELU to the columns it computed), and on one thread equal to the op without
+/// GELU followed by the GELU over the whole output (the unfused order).
+#[test]
+fn fused_op_with_gelu_is_the_same_on_any_threads() {
+    let mut rng = XorShift::new(9);
+    for &(m, k, n) in &[
+        (37, 256, 72),
+        (5, 37, 9),
+        (1, 3, 1),
+        (2, 64, 200),
+        (13, 100, 1024),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.f32(-3.0, 4.0)).collect();
+        let w = rng.bytes(k * n);
+        let packed = pack_weights(&w, true, k, n, &rng.bytes(n));
+        let sw: Vec<f32> = (0..n).map(|_| rng.f32(1e-3, 1e-2)).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let div = std::f32::consts::SQRT_2;
+        for kernel in kernels() {
+            let mut want = vec![0f32; m * n];
+            quantized_matmul_f32(kernel, &x, m, &packed, &sw, Some(&bias), &mut want, 1);
+            gelu::gelu_f32(true, &mut want, div);
+            // (the GELU is there: negative inputs give small negative outputs)
+            assert!(m * n < 50 || (want.iter().any(|v| *v < 0.0) && want.iter().any(|v| *v > 0.5)));
+            for threads in [1, 2, 3, 5] {
+                let mut y = vec![f32::NAN; m * n];
+                quantized_matmul_gelu_f32(
+                    kernel,
+                    &x,
+                    m,
+                    &packed,
+                    &sw,
+                    Some(&bias),
+                    Some(div),
+                    &mut y,
+                    threads,
+                );
+                assert!(
+                    y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{kernel} x{threads} {m}x{k}x{n}"
+                );
             }
         }
     }

@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::gemm::{drive, ABuf, Job, PackedA};
+use super::gemm::{drive, Job};
 use super::pack::NR;
 use super::quantize::{min_max_scalar, quantize_one, QuantParams};
 use super::vnni::{ymm_tile, zmm_tile, DotOps, MR_YMM, MR_ZMM, NP_YMM, NP_ZMM};
@@ -271,73 +271,68 @@ fn hsum_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s1)
 }
 
-/// DynamicQuantizeLinear straight into the AVX2 packed-A layout (i16 `a - za`, MR-row
-/// blocks of k-quads), skipping the u8 tensor: `a - za = clamp(round(x / s), -zp, 255 - zp)`,
-/// bit-identical to quantizing then packing. `rowsum[m] = sum_k (a - za)`.
+/// DynamicQuantizeLinear of the rows of `x` (`rowsum.len()` rows of `k`) straight into the
+/// AVX2 packed-A layout (i16 `a - za`, MR-row blocks of k-quads), skipping the u8 tensor:
+/// `a - za = clamp(round(x / s), -zp, 255 - zp)`, bit-identical to quantizing then packing.
+/// `rowsum[m] = sum_k (a - za)`. `buf` holds the rows' blocks, zeroed (so the padding, k past
+/// K and rows past the last, stays 0); a caller may hand each thread a range of whole blocks.
 ///
 /// # Safety
-/// The CPU must have AVX2.
+/// The CPU must have AVX2; `x` must hold `rowsum.len() * k` values, `buf` at least
+/// `ceil(rows / MR) * ceil(k / 4) * MR * 4` values; `p.scale > 0`.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn quantize_pack_a_avx2(
+pub(crate) unsafe fn quantize_rows_i16_avx2(
     x: &[f32],
-    m: usize,
     k: usize,
     p: QuantParams,
-) -> PackedA {
-    // SAFETY: AVX2 is there (caller). Bounds: x has m * k values (asserted), loads of 8 at
-    // kk + 16 <= k within a row; the block of a row holds kq quads of MR rows (per_block), and
-    // stores go to quad kk / 4 .. kk / 4 + 3 < kq of row row % MR.
+    buf: &mut [i16],
+    rowsum: &mut [i32],
+) {
+    let kq = k.div_ceil(4);
+    let per_block = kq * MR * 4;
+    assert!(x.len() >= rowsum.len() * k && buf.len() >= rowsum.len().div_ceil(MR) * per_block);
+    // SAFETY: AVX2 is there (caller). Bounds: x has rows * k values (asserted), loads of 8 at
+    // kk + 16 <= k within a row; the block of a row holds kq quads of MR rows (per_block, in
+    // `buf`: asserted), and stores go to quad kk / 4 .. kk / 4 + 3 < kq of row row % MR.
     unsafe {
-        assert_eq!(x.len(), m * k);
-        let kq = k.div_ceil(4);
-        let per_block = kq * MR * 4;
-        let mut buf = vec![0i16; m.div_ceil(MR) * per_block];
-        let mut rowsum = vec![0i32; m];
-        if p.scale > 0.0 {
-            let zpf = p.zero_point as f32;
-            let vs = _mm256_set1_ps(p.scale);
-            let lo = _mm256_set1_ps(-zpf);
-            let hi = _mm256_set1_ps(255.0 - zpf);
-            macro_rules! one {
-                ($v:expr) => {{
-                    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                        _mm256_div_ps($v, vs),
-                    );
-                    let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
-                    _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
-                }};
-            }
-            let stride = MR * 4;
-            let bp = buf.as_mut_ptr();
-            for (row, rs) in rowsum.iter_mut().enumerate() {
-                let dp = bp.add(row / MR * per_block + row % MR * 4);
-                let sp = x.as_ptr().add(row * k);
-                let mut sum = _mm256_setzero_si256();
-                let mut kk = 0;
-                while kk + 16 <= k {
-                    let v0 = one!(_mm256_loadu_ps(sp.add(kk)));
-                    let v1 = one!(_mm256_loadu_ps(sp.add(kk + 8)));
-                    sum = _mm256_add_epi32(sum, _mm256_add_epi32(v0, v1));
-                    // [v0 0-3, v1 0-3 | v0 4-7, v1 4-7] -> [v0 0-7, v1 0-7]
-                    let d = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(v0, v1));
-                    store_quads(dp.add(kk / 4 * stride), stride, d);
-                    kk += 16;
-                }
-                let mut s = hsum_epi32(sum);
-                while kk < k {
-                    let a = quantize_one(*sp.add(kk), p.scale, p.zero_point) as i32
-                        - p.zero_point as i32;
-                    *dp.add(kk / 4 * stride + kk % 4) = a as i16;
-                    s += a;
-                    kk += 1;
-                }
-                *rs = s;
-            }
+        let zpf = p.zero_point as f32;
+        let vs = _mm256_set1_ps(p.scale);
+        let lo = _mm256_set1_ps(-zpf);
+        let hi = _mm256_set1_ps(255.0 - zpf);
+        macro_rules! one {
+            ($v:expr) => {{
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm256_div_ps($v, vs),
+                );
+                let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+                _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+            }};
         }
-        PackedA {
-            buf: ABuf::I16(buf),
-            rowsum,
-            block_bytes: per_block * 2,
+        let stride = MR * 4;
+        let bp = buf.as_mut_ptr();
+        for (row, rs) in rowsum.iter_mut().enumerate() {
+            let dp = bp.add(row / MR * per_block + row % MR * 4);
+            let sp = x.as_ptr().add(row * k);
+            let mut sum = _mm256_setzero_si256();
+            let mut kk = 0;
+            while kk + 16 <= k {
+                let v0 = one!(_mm256_loadu_ps(sp.add(kk)));
+                let v1 = one!(_mm256_loadu_ps(sp.add(kk + 8)));
+                sum = _mm256_add_epi32(sum, _mm256_add_epi32(v0, v1));
+                // [v0 0-3, v1 0-3 | v0 4-7, v1 4-7] -> [v0 0-7, v1 0-7]
+                let d = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(v0, v1));
+                store_quads(dp.add(kk / 4 * stride), stride, d);
+                kk += 16;
+            }
+            let mut s = hsum_epi32(sum);
+            while kk < k {
+                let a =
+                    quantize_one(*sp.add(kk), p.scale, p.zero_point) as i32 - p.zero_point as i32;
+                *dp.add(kk / 4 * stride + kk % 4) = a as i16;
+                s += a;
+                kk += 1;
+            }
+            *rs = s;
         }
     }
 }
@@ -433,44 +428,17 @@ pub(crate) unsafe fn quantize_avx2(x: &[f32], p: QuantParams, q: &mut [u8]) {
     }
 }
 
-/// DynamicQuantizeLinear straight into the VNNI packed-A layout (u8 `a`, `mr`-row blocks of
-/// k-quads, `[block][q][r][4]`), skipping the u8 tensor; bit-identical to quantizing with
-/// [`quantize_avx2`] then packing. `rowsum[m] = sum_k (a - za)`.
+/// DynamicQuantizeLinear of the rows of `x` (`rowsum.len()` rows of `k`) straight into the
+/// VNNI packed-A layout (u8 `a`, `mr`-row blocks of k-quads, `[block][q][r][4]`), skipping
+/// the u8 tensor; bit-identical to quantizing with [`quantize_avx2`] then packing.
+/// `rowsum[m] = sum_k (a - za)`. `buf` holds the rows' blocks, zeroed; a caller may hand each
+/// thread a range of whole blocks.
 ///
 /// # Safety
-/// The CPU must have AVX2.
-pub(crate) unsafe fn quantize_pack_a_u8_avx2(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    p: QuantParams,
-    mr: usize,
-) -> PackedA {
-    assert_eq!(x.len(), m * k);
-    let kq = k.div_ceil(4);
-    let per_block = kq * mr * 4;
-    let mut buf = vec![0u8; m.div_ceil(mr) * per_block];
-    let mut rowsum = vec![0i32; m];
-    if p.scale > 0.0 {
-        // SAFETY: AVX2 is there (caller); `buf` holds ceil(m / mr) blocks of kq quads of mr
-        // rows, and each row writes quads < kq of its own block.
-        unsafe { quantize_rows_u8(x, k, p, mr, &mut buf, &mut rowsum) };
-    }
-    // (scale 0: every q is zp = 0, and so are buf and rowsum)
-    PackedA {
-        buf: ABuf::U8(buf),
-        rowsum,
-        block_bytes: per_block,
-    }
-}
-
-/// The rows of [`quantize_pack_a_u8_avx2`] (`buf` zeroed, `rowsum` of length m).
-///
-/// # Safety
-/// The CPU must have AVX2; `buf` must hold `ceil(m / mr)` blocks of `ceil(k / 4) * mr * 4`
-/// bytes; `p.scale > 0`.
+/// The CPU must have AVX2; `x` must hold `rowsum.len() * k` values, `buf` at least
+/// `ceil(rows / mr) * ceil(k / 4) * mr * 4` bytes; `p.scale > 0`.
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_rows_u8(
+pub(crate) unsafe fn quantize_rows_u8(
     x: &[f32],
     k: usize,
     p: QuantParams,
@@ -483,9 +451,10 @@ unsafe fn quantize_rows_u8(
     let stride = mr * 4;
     let kza = k as i32 * p.zero_point as i32;
     let zpf = p.zero_point as f32;
+    assert!(x.len() >= rowsum.len() * k && buf.len() >= rowsum.len().div_ceil(mr) * per_block);
     // SAFETY: AVX2 is there (caller). Bounds: loads of 8 floats at kk + 16 <= k inside row
-    // `row` of x (m * k values); 4-byte stores to quads kk / 4 .. kk / 4 + 3 < kq of row
-    // `row % mr` in the row's block, which `buf` holds (caller).
+    // `row` of x (rows * k values: asserted); 4-byte stores to quads kk / 4 .. kk / 4 + 3 < kq of row
+    // `row % mr` in the row's block, which `buf` holds (asserted).
     unsafe {
         let vs = _mm256_set1_ps(p.scale);
         let vz = _mm256_set1_ps(zpf);

@@ -115,3 +115,54 @@ fn fused_graphs_match_tract() -> TractResult<()> {
     }
     Ok(())
 }
+
+/// The whole rewritten graph (int8 matmuls with their GELU, attention, LayerNorms; fp32
+/// graphs: GELU op) gives the same bits on 1, 2 and 3 threads: every op splits its work so
+/// that each element is computed the same way wherever it runs (unit tests split even tiny
+/// inputs).
+#[test]
+fn rewritten_graphs_are_the_same_on_any_threads() -> TractResult<()> {
+    use crate::int8::{fuse_quantized_matmuls_with, FuseOptions};
+    for head in ["discriminator", "tagger"] {
+        let dir = fixture(&format!("electra-tiny-zh/{head}"));
+        for file in ["model.onnx", "model.fp32.onnx"] {
+            let base = typed(dir.join(file))?;
+            let plan = |threads: usize| -> TractResult<_> {
+                let mut m = base.clone();
+                let fuse = FuseOptions {
+                    kernel: None,
+                    threads,
+                };
+                fuse_quantized_matmuls_with(&mut m, &fuse)?;
+                let ops = OpsOptions {
+                    kernel: None,
+                    threads,
+                };
+                let report = fuse_transformer_ops(&mut m, &ops)?;
+                assert!(report.attention > 0 && report.layer_norms > 0 && report.gelus > 0);
+                m.into_optimized()?.into_runnable()
+            };
+            let one = plan(1)?;
+            for threads in [2, 3] {
+                let many = plan(threads)?;
+                for (seq, pad) in [(1, 0), (7, 2), (33, 0), (70, 5)] {
+                    let want = one.run(inputs(&base, seq, pad)?)?;
+                    let got = many.run(inputs(&base, seq, pad)?)?;
+                    for (w, g) in want.iter().zip(&got) {
+                        let (w, g) = (w.cast_to::<f32>()?, g.cast_to::<f32>()?);
+                        let (w, g) = (
+                            w.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+                            g.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+                        );
+                        assert_eq!(w.len(), g.len());
+                        assert!(
+                            w.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{head} {file} seq {seq} pad {pad}: x{threads} differs from x1"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

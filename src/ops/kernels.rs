@@ -506,11 +506,24 @@ pub(crate) fn attention_reference(
     out
 }
 
+/// Smallest share of an element-wise pass (LayerNorm, GELU) worth a thread of its own, in
+/// elements: about 10 us of work; below it a pool wake-up costs about what it saves.
+pub(crate) const MIN_ELEMS_PER_THREAD: usize = 1 << 14;
+
 /// GELU as torch exports it, in place (see [`crate::int8::gelu`], which the fused int8 matmul
-/// also applies in its epilogue), with the kernel's instruction set.
-pub fn gelu_f32(kernel: OpsKernel, xs: &mut [f32], div: f32) {
+/// also applies in its epilogue), with the kernel's instruction set, split in chunks over up
+/// to `threads` threads when it is big enough (element-wise: the same result for any split).
+pub fn gelu_f32(kernel: OpsKernel, xs: &mut [f32], div: f32, threads: usize) {
+    use crate::int8::pool;
     let simd = kernel == OpsKernel::Simd && kernel.is_available();
-    crate::int8::gelu::gelu_f32(simd, xs, div)
+    let t = pool::threads_for(xs.len(), threads, MIN_ELEMS_PER_THREAD);
+    if t <= 1 {
+        return crate::int8::gelu::gelu_f32(simd, xs, div);
+    }
+    // whole vectors per chunk
+    let per = pool::units_per_task(xs.len(), t).next_multiple_of(64);
+    let chunks: Vec<&mut [f32]> = xs.chunks_mut(per).collect();
+    pool::for_each_item(chunks, t, |_, c| crate::int8::gelu::gelu_f32(simd, c, div));
 }
 
 /// Sum of a slice, eight lanes at a time.
@@ -614,7 +627,9 @@ unsafe fn add_layer_norm_avx2(
 }
 
 /// `y = LayerNorm(x + r)` over the last axis (`gamma.len()` values per row); `r` (the
-/// residual) and `beta` optional.
+/// residual) and `beta` optional. Ranges of rows go to up to `threads` threads of the pool
+/// when there are enough (each row is computed the same way wherever it runs).
+#[allow(clippy::too_many_arguments)]
 pub fn add_layer_norm_f32(
     kernel: OpsKernel,
     x: &[f32],
@@ -623,7 +638,9 @@ pub fn add_layer_norm_f32(
     beta: Option<&[f32]>,
     eps: f32,
     y: &mut [f32],
+    threads: usize,
 ) {
+    use crate::int8::pool;
     let n = gamma.len();
     assert!(
         n > 0 && x.len().is_multiple_of(n),
@@ -636,6 +653,30 @@ pub fn add_layer_norm_f32(
         "layer norm: residual size"
     );
     assert!(beta.is_none_or(|b| b.len() == n), "layer norm: beta size");
+    let rows = x.len() / n;
+    let t = pool::threads_for(rows, threads, MIN_ELEMS_PER_THREAD.div_ceil(n));
+    if t <= 1 {
+        return add_layer_norm_rows(kernel, x, r, gamma, beta, eps, y);
+    }
+    let per = pool::units_per_task(rows, t) * n;
+    let chunks: Vec<&mut [f32]> = y.chunks_mut(per).collect();
+    pool::for_each_item(chunks, t, |i, y| {
+        let at = i * per..i * per + y.len();
+        let r = r.map(|r| &r[at.clone()]);
+        add_layer_norm_rows(kernel, &x[at], r, gamma, beta, eps, y)
+    });
+}
+
+/// [`add_layer_norm_f32`] on the calling thread.
+fn add_layer_norm_rows(
+    kernel: OpsKernel,
+    x: &[f32],
+    r: Option<&[f32]>,
+    gamma: &[f32],
+    beta: Option<&[f32]>,
+    eps: f32,
+    y: &mut [f32],
+) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Simd` is only resolved when the CPU has AVX2 and FMA (`is_available`).

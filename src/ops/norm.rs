@@ -23,6 +23,8 @@ pub struct AddLayerNorm {
     pub beta: Option<Arc<[f32]>>,
     pub eps: f32,
     pub kernel: Option<OpsKernel>,
+    /// Ranges of rows split over this many threads when big enough (1 = calling thread).
+    pub threads: usize,
 }
 
 impl Eq for AddLayerNorm {}
@@ -34,11 +36,12 @@ impl Op for AddLayerNorm {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "n={} eps={:e} beta={} kernel={}",
+            "n={} eps={:e} beta={} kernel={} threads={}",
             self.gamma.len(),
             self.eps,
             self.beta.is_some(),
-            kernel_of(self.kernel).name()
+            kernel_of(self.kernel).name(),
+            self.threads
         )])
     }
 
@@ -79,6 +82,7 @@ impl EvalOp for AddLayerNorm {
                 self.beta.as_deref(),
                 self.eps,
                 yr.as_slice_mut::<f32>()?,
+                self.threads,
             );
         }
         Ok(tvec!(y.into_tvalue()))
@@ -103,6 +107,8 @@ impl TypedOp for AddLayerNorm {
 pub struct Gelu {
     pub div: f32,
     pub kernel: Option<OpsKernel>,
+    /// Chunks split over this many threads when big enough (1 = calling thread).
+    pub threads: usize,
 }
 
 impl Eq for Gelu {}
@@ -123,7 +129,12 @@ impl EvalOp for Gelu {
         let mut y = x.into_tensor();
         {
             let mut yr = y.try_as_plain_ram_mut()?;
-            gelu_f32(kernel_of(self.kernel), yr.as_slice_mut::<f32>()?, self.div);
+            gelu_f32(
+                kernel_of(self.kernel),
+                yr.as_slice_mut::<f32>()?,
+                self.div,
+                self.threads,
+            );
         }
         Ok(tvec!(y.into_tvalue()))
     }

@@ -42,7 +42,8 @@ use crate::int8::QMatMul;
 pub struct OpsOptions {
     /// `None`: the best kernel for this CPU.
     pub kernel: Option<OpsKernel>,
-    /// Threads per op (heads split); 1 = calling thread only.
+    /// Threads per op (attention: heads; LayerNorm: rows; GELU: chunks), each op splitting
+    /// only when big enough; 1 = calling thread only.
     pub threads: usize,
 }
 
@@ -256,6 +257,7 @@ fn fuse_layer_norms(
             beta: beta.map(Into::into),
             eps,
             kernel: opts.kernel,
+            threads: opts.threads.max(1),
         };
         let fused_add = inputs.len() == 2;
         let mut patch = TypedModelPatch::new(format!("ops layer norm {p}"));
@@ -309,6 +311,7 @@ fn fuse_gelus(
                 Gelu {
                     div: m.div,
                     kernel: opts.kernel,
+                    threads: opts.threads.max(1),
                 },
                 &[x],
             )?[0]

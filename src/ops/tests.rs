@@ -207,6 +207,7 @@ fn add_layer_norm_matches_reference() {
                     bias.then_some(&beta[..]),
                     1e-12,
                     &mut y,
+                    1,
                 );
                 for row in 0..rows {
                     let s: Vec<f64> = (0..n)
@@ -251,7 +252,7 @@ fn gelu_matches_erf_reference() {
     }
     for kernel in kernels_here() {
         let mut y = xs.clone();
-        gelu_f32(kernel, &mut y, std::f32::consts::SQRT_2);
+        gelu_f32(kernel, &mut y, std::f32::consts::SQRT_2, 1);
         for (x, y) in xs.iter().zip(&y) {
             let x64 = *x as f64;
             let want = x64 * (erf64(x64 / std::f64::consts::SQRT_2) + 1.0) * 0.5;
@@ -260,6 +261,76 @@ fn gelu_matches_erf_reference() {
                 "{} gelu({x}) = {y}, want {want}",
                 kernel.name()
             );
+        }
+    }
+}
+
+/// LayerNorm split by ranges of rows: the same bits on 1, 2, 3 and 5 threads (odd widths,
+/// fewer rows than threads, with and without the residual and beta).
+#[test]
+fn add_layer_norm_is_the_same_on_any_threads() {
+    use super::kernels::add_layer_norm_f32;
+    let mut rng = Rng::new(11);
+    for kernel in kernels_here() {
+        for (rows, n) in [(1, 1), (2, 7), (3, 64), (5, 300), (17, 256), (40, 33)] {
+            let x = rng.vec(rows * n, 4.0);
+            let r = rng.vec(rows * n, 2.0);
+            let gamma = rng.vec(n, 1.5);
+            let beta = rng.vec(n, 0.3);
+            for (res, bias) in [(true, true), (false, true), (true, false)] {
+                let run = |threads: usize| {
+                    let mut y = vec![f32::NAN; rows * n];
+                    add_layer_norm_f32(
+                        kernel,
+                        &x,
+                        res.then_some(&r[..]),
+                        &gamma,
+                        bias.then_some(&beta[..]),
+                        1e-12,
+                        &mut y,
+                        threads,
+                    );
+                    y
+                };
+                let want = run(1);
+                assert!(want.iter().all(|v| v.is_finite()));
+                for threads in [2, 3, 5] {
+                    let got = run(threads);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} rows {rows} n {n} res {res} bias {bias} x{threads}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// GELU split in chunks: the same bits on 1, 2, 3 and 5 threads, odd lengths included.
+#[test]
+fn gelu_is_the_same_on_any_threads() {
+    use super::kernels::gelu_f32;
+    let mut rng = Rng::new(12);
+    for kernel in kernels_here() {
+        for len in [0, 1, 63, 65, 1000, 4097] {
+            let x = rng.vec(len, 5.0);
+            let mut want = x.clone();
+            gelu_f32(kernel, &mut want, std::f32::consts::SQRT_2, 1);
+            assert!(len == 0 || want.iter().zip(&x).any(|(g, x)| g != x));
+            for threads in [2, 3, 5] {
+                let mut got = x.clone();
+                gelu_f32(kernel, &mut got, std::f32::consts::SQRT_2, threads);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} len {len} x{threads}",
+                    kernel.name()
+                );
+            }
         }
     }
 }
