@@ -819,9 +819,6 @@ pub(crate) fn quantize_pack_a(
     let per_block = block_len(fmt, mr, k);
     let mut rowsum = vec![0i32; m];
     let za = p.zero_point;
-    // `p.scale > 0` is what the AVX2 quantizers require; with scale 0, every q is zp = 0 and
-    // the zeroed blocks and row sums are already the result
-    let scaled = p.scale > 0.0;
     let quantized = |xs: &[f32]| {
         let mut q = vec![0u8; xs.len()];
         quantize::quantize(kernel, xs, p, &mut q);
@@ -833,7 +830,9 @@ pub(crate) fn quantize_pack_a(
             |xs: &[f32], buf: &mut [i16], rs: &mut [i32]| match kernel {
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => {
-                    if scaled {
+                    // (scale > 0 is what the AVX2 quantizers require; with scale 0, every q is
+                    // zp = 0, and the zeroed blocks and row sums are already the result)
+                    if p.scale > 0.0 {
                         // SAFETY: an available kernel (resolved by the callers): AVX2 is
                         // there; `xs` holds the rows, `buf` their blocks; scale > 0.
                         unsafe { super::x86::quantize_rows_i16_avx2(xs, k, p, buf, rs) }
@@ -852,7 +851,9 @@ pub(crate) fn quantize_pack_a(
                 |xs: &[f32], buf: &mut [u8], rs: &mut [i32]| match (kernel, fmt) {
                     #[cfg(target_arch = "x86_64")]
                     (Kernel::AvxVnni | Kernel::Avx512Vnni, AFormat::U8) => {
-                        if scaled {
+                        // (scale > 0 is what the AVX2 quantizers require; with scale 0, every q is
+                        // zp = 0, and the zeroed blocks and row sums are already the result)
+                        if p.scale > 0.0 {
                             // SAFETY: AVX2 is there: a resolved VNNI kernel's availability
                             // includes it (`Kernel::is_available`), and the tests pass these
                             // layouts only where AVX2 is detected; `xs` holds the rows, `buf`
