@@ -777,8 +777,9 @@ pub(crate) const MIN_MINMAX_ELEMS_PER_THREAD: usize = 1 << 16;
 
 /// Min and max of `x` together with 0 (NaNs ignored), split over up to `threads` threads
 /// when it is big enough: each chunk's min/max, then the min/max of those, which is exact
-/// (and the chunks' results are never NaN), so the quantization parameters are the same for
-/// any split.
+/// (and the chunks' results are never NaN; only a zero's sign may differ, NEON's `fminnm`
+/// giving -0, which [`QuantParams::from_min_max`] ignores), so the quantization parameters
+/// are the same for any split.
 pub(crate) fn min_max_split(kernel: Kernel, x: &[f32], threads: usize) -> (f32, f32) {
     let t = super::pool::threads_for(x.len(), threads, MIN_MINMAX_ELEMS_PER_THREAD);
     if t <= 1 {

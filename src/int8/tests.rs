@@ -740,8 +740,9 @@ fn quantize_pack_a_matches_quantize_then_pack_on_any_threads() {
     }
 }
 
-/// The min/max split in chunks over threads gives the same bits as the serial reference
-/// (NaNs ignored, negative zeros, infinities, one-signed inputs, fewer values than threads).
+/// The min/max split in chunks over threads gives the values of the serial reference and the
+/// same quantization parameters (NaNs ignored, negative zeros, infinities, one-signed inputs,
+/// fewer values than threads).
 #[test]
 fn min_max_is_the_same_on_any_threads() {
     let mut rng = XorShift::new(8);
@@ -766,10 +767,21 @@ fn min_max_is_the_same_on_any_threads() {
         for kernel in kernels() {
             for threads in [1, 2, 3, 5] {
                 let (l, h) = super::gemm::min_max_split(kernel, x, threads);
-                assert_eq!(
-                    (l.to_bits(), h.to_bits()),
-                    (wl.to_bits(), wh.to_bits()),
+                // equal values (a zero's sign may differ: NEON's `fminnm` gives -0 for
+                // (-0, +0)), and so the same quantization parameters, bit for bit
+                assert!(
+                    l == wl && h == wh,
                     "{kernel} x{threads} len {}: ({l}, {h}) vs ({wl}, {wh})",
+                    x.len()
+                );
+                let (p, wp) = (
+                    QuantParams::from_min_max(l, h),
+                    QuantParams::from_min_max(wl, wh),
+                );
+                assert_eq!(
+                    (p.scale.to_bits(), p.zero_point),
+                    (wp.scale.to_bits(), wp.zero_point),
+                    "{kernel} x{threads} len {}",
                     x.len()
                 );
             }
