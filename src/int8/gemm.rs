@@ -566,6 +566,33 @@ fn prepare(kernel: Kernel, a: &[u8], m: usize, za: u8, w: &PackedWeights) -> (Ke
     (kernel, pa)
 }
 
+impl<'a> Job<'a> {
+    /// The job over `m` rows of activations packed for `layout` with zero point `za`, and `w`.
+    fn new(
+        layout: Kernel,
+        pa: &'a PackedA,
+        m: usize,
+        za: u8,
+        w: &'a PackedWeights,
+        out: Out<'a>,
+    ) -> Job<'a> {
+        Job {
+            a: pa.buf.ptr(),
+            block_bytes: pa.block_bytes,
+            m,
+            n: w.n(),
+            kq: w.kq(),
+            w: w.data().as_ptr(),
+            rowsum: &pa.rowsum,
+            colsum: w.colsum(),
+            col_offset: col_offset(layout, za),
+            zp: w.zero_points(),
+            zp_zero: w.zero_points_all_zero(),
+            out,
+        }
+    }
+}
+
 /// `za'` of `za' * colsum[n]` for the kernel's A format.
 fn col_offset(kernel: Kernel, za: u8) -> i32 {
     match config(kernel).1 {
@@ -598,20 +625,7 @@ pub fn qgemm_i32(
     }
     let (kernel, pa) = prepare(kernel, a, m, za, w);
     let (run, np) = (runner(kernel), panels_per_tile(kernel));
-    let job = Job {
-        a: pa.buf.ptr(),
-        block_bytes: pa.block_bytes,
-        m,
-        n: w.n(),
-        kq: w.kq(),
-        w: w.data().as_ptr(),
-        rowsum: &pa.rowsum,
-        colsum: w.colsum(),
-        col_offset: col_offset(kernel, za),
-        zp: w.zero_points(),
-        zp_zero: w.zero_points_all_zero(),
-        out: Out::I32(c.as_mut_ptr()),
-    };
+    let job = Job::new(kernel, &pa, m, za, w, Out::I32(c.as_mut_ptr()));
     execute(run, np, &job, w.panels(), threads);
 }
 
@@ -675,26 +689,14 @@ fn run_f32(
     y: &mut [f32],
     threads: usize,
 ) {
-    let job = Job {
-        a: pa.buf.ptr(),
-        block_bytes: pa.block_bytes,
-        m,
-        n: w.n(),
-        kq: w.kq(),
-        w: w.data().as_ptr(),
-        rowsum: &pa.rowsum,
-        colsum: w.colsum(),
-        col_offset: col_offset(kernel, za),
-        zp: w.zero_points(),
-        zp_zero: w.zero_points_all_zero(),
-        out: Out::F32 {
-            y: y.as_mut_ptr(),
-            sa,
-            sw,
-            bias,
-            gelu,
-        },
+    let out = Out::F32 {
+        y: y.as_mut_ptr(),
+        sa,
+        sw,
+        bias,
+        gelu,
     };
+    let job = Job::new(kernel, pa, m, za, w, out);
     execute(
         runner(kernel),
         panels_per_tile(kernel),
@@ -945,19 +947,6 @@ pub(crate) fn qgemm_i32_with_runner(
         return;
     }
     let pa = pack_a(layout, a, m, w.k(), za);
-    let job = Job {
-        a: pa.buf.ptr(),
-        block_bytes: pa.block_bytes,
-        m,
-        n: w.n(),
-        kq: w.kq(),
-        w: w.data().as_ptr(),
-        rowsum: &pa.rowsum,
-        colsum: w.colsum(),
-        col_offset: col_offset(layout, za),
-        zp: w.zero_points(),
-        zp_zero: w.zero_points_all_zero(),
-        out: Out::I32(c.as_mut_ptr()),
-    };
+    let job = Job::new(layout, &pa, m, za, w, Out::I32(c.as_mut_ptr()));
     execute(run, np, &job, w.panels(), threads);
 }
