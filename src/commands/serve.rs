@@ -92,10 +92,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
                 // the int8 and attention ops take their thread count at load
                 drop(engine);
                 engine = Engine::load(&args.model.model, args.model.engine_options(threads_now))?;
-                budget = Budget::measure(&engine, &config)?;
-            } else {
-                budget = budget.for_config(&config);
             }
+            // the same model: its measurements (and the high-water mark) still hold
+            budget = budget.for_config(&config);
         }
     }
     let Some(listener) = listener else {
