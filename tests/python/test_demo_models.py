@@ -9,7 +9,7 @@ import pytest
 
 import make_vocab
 import quantize as q
-from conftest import MODELS
+from conftest import MODELS, need
 
 DEMO = MODELS / "demo"
 FOLDERS = {"classifier": "classify", "tagger": "tag", "encoder": "embed"}  # random weights
@@ -119,8 +119,8 @@ def test_demo_tokenizer_handles_mixed_text():
 
 def test_hub_failure_is_one_clear_message(tmp_path):
     """Needs transformers (models/requirements.txt); skipped in CI where only the light set is installed."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    need("torch")
+    need("transformers")
     import subprocess
     import sys
 
@@ -135,8 +135,8 @@ def test_hub_failure_is_one_clear_message(tmp_path):
 
 def test_full_export_reproduces_a_demo_model(tmp_path):
     """Needs torch + transformers: the random-init export is reproducible byte for byte."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    need("torch")
+    need("transformers")
     import subprocess
     import sys
 

