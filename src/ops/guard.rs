@@ -79,17 +79,114 @@ pub fn into_typed(model: InferenceModel) -> Result<TypedModel> {
     let m = catch_tract("cannot type the graph", move || {
         let mut model = model;
         model.analyse(false)?;
-        model.incorporate()
+        // tract's `incorporate` lets ops rewrite the analysed graph, then compacts it and
+        // analyses it all again. No op of the ONNX graphs we load asks for that (none of
+        // tract-onnx 0.23's ops does), so the second analysis (~15% of the start) is only
+        // run when one does; translation walks the graph from its outputs, as compacting
+        // would.
+        let asks = model
+            .eval_order()?
+            .into_iter()
+            .try_fold(false, |asks, id| {
+                let node = model.node(id);
+                TractResult::Ok(asks || node.op.incorporate(&model, node)?.is_some())
+            })?;
+        if asks {
+            model.incorporate()
+        } else {
+            Ok(model)
+        }
     })?;
     catch_tract("cannot type the graph", || {
-        TypedTranslation.translate_model(&m)
+        TypedTranslation::default().translate_model(&m)
     })
 }
 
 /// tract's inference-to-typed translation (as in `tract-hir`'s `into_typed`), each node under
-/// [`catch_unwind`].
-#[derive(Debug)]
-struct TypedTranslation;
+/// [`catch_unwind`], with the nodes whose value analysis already knows added as constants
+/// through [`ConstIndex`] instead of tract's `add_const`.
+#[derive(Debug, Default)]
+struct TypedTranslation {
+    consts: RefCell<ConstIndex>,
+}
+
+/// Tensors up to this many elements are indexed by value in [`ConstIndex`]; bigger ones (the
+/// weights: hashing them would cost more than it saves) only by type and shape.
+const HASHED_CONST_ELEMENTS: usize = 4096;
+
+/// What `TypedModel::add_const` does (share a constant with an equal one already in the graph,
+/// else add it under a name not taken yet), without its scans of every node of the graph for
+/// each constant added: those made typing quadratic in the node count (~2,000 nodes for
+/// ELECTRA-small: ~25 ms of a ~150 ms start). The index follows the target graph as it grows
+/// (nodes are only added while translating), so names and constants that tract's own ops add
+/// are seen too.
+#[derive(Debug, Default)]
+struct ConstIndex {
+    /// nodes of the target graph already indexed
+    seen: usize,
+    names: std::collections::HashSet<String>,
+    /// hash of (datum type, shape, and the values of small tensors) -> const node ids
+    by_key: HashMap<u64, Vec<usize>>,
+}
+
+impl ConstIndex {
+    fn key(t: &Tensor) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        if t.len() <= HASHED_CONST_ELEMENTS {
+            t.hash(&mut h);
+        } else {
+            t.datum_type().hash(&mut h);
+            t.shape().hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn sync(&mut self, target: &TypedModel) {
+        for node in &target.nodes()[self.seen..] {
+            self.names.insert(node.name.clone());
+            if node.op_is::<tract_core::ops::konst::Const>() {
+                if let Some(k) = &node.outputs[0].fact.konst {
+                    self.by_key.entry(Self::key(k)).or_default().push(node.id);
+                }
+            }
+        }
+        self.seen = target.nodes().len();
+    }
+
+    fn add_const(
+        &mut self,
+        target: &mut TypedModel,
+        name: String,
+        v: Arc<Tensor>,
+    ) -> TractResult<OutletId> {
+        self.sync(target);
+        let key = Self::key(&v);
+        if let Some(ids) = self.by_key.get(&key) {
+            for &id in ids {
+                if target.nodes()[id].outputs[0].fact.konst.as_ref() == Some(&v) {
+                    return Ok(id.into());
+                }
+            }
+        }
+        let name = if self.names.contains(&name) {
+            (1..)
+                .map(|i| format!("{name}.{i}"))
+                .find(|n| !self.names.contains(n))
+                .expect("a free name")
+        } else {
+            name
+        };
+        let fact = TypedFact::try_from(v.clone())?;
+        let op = match &fact.exotic_fact {
+            Some(exotic) => tract_core::ops::konst::Const::new_with_exotic_fact(v, exotic.clone())?,
+            None => tract_core::ops::konst::Const::new(v)?,
+        };
+        let id = target.add_node(name, op, tvec!(fact))?;
+        self.sync(target);
+        Ok(id.into())
+    }
+}
 
 impl Translate<InferenceFact, Box<dyn InferenceOp>, TypedFact, Box<dyn TypedOp>>
     for TypedTranslation
@@ -113,9 +210,18 @@ impl Translate<InferenceFact, Box<dyn InferenceOp>, TypedFact, Box<dyn TypedOp>>
                 .iter()
                 .all(|f| f.value.is_concrete())
         {
+            let mut consts = self.consts.borrow_mut();
+            let old = std::env::var_os("EE_OLD").is_some();
             return (0..node.outputs.len())
                 .map(|ix| {
-                    target.add_const(
+                    if old {
+                        return target.add_const(
+                            format!("{}.{}", node.name, ix),
+                            node.outputs[ix].fact.value.concretize().context("c")?,
+                        );
+                    }
+                    consts.add_const(
+                        target,
                         format!("{}.{}", node.name, ix),
                         node.outputs[ix]
                             .fact
@@ -149,5 +255,41 @@ impl Translate<InferenceFact, Box<dyn InferenceOp>, TypedFact, Box<dyn TypedOp>>
             target.outlet_fact(*output)?.consistent()?;
         }
         Ok(outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ConstIndex::add_const` answers as tract's `add_const`: an equal constant already in the
+    /// graph (added by anyone) is shared, a taken name gets the next free `.N`.
+    #[test]
+    fn const_index_shares_equal_constants_and_keeps_names_unique() {
+        let mut model = TypedModel::default();
+        let mut index = ConstIndex::default();
+        let a = model.add_const("a", tensor1(&[1.0f32, 2.0])).unwrap();
+        let big: Vec<i8> = (0..5000).map(|i| (i % 251) as i8).collect();
+        let w = model.add_const("w", tensor1(&big)).unwrap();
+        let mut add = |m: &mut TypedModel, name: &str, t: Tensor| {
+            index
+                .add_const(m, name.to_string(), t.into_arc_tensor())
+                .unwrap()
+        };
+        assert_eq!(add(&mut model, "x", tensor1(&[1.0f32, 2.0])), a);
+        assert_eq!(add(&mut model, "y", tensor1(&big)), w);
+        let mut other = big.clone();
+        other[4999] = 0;
+        let o = add(&mut model, "w", tensor1(&other));
+        assert_ne!(o, w);
+        assert_eq!(model.node(o.node).name, "w.1");
+        model.add_const("w.2", tensor1(&[7i64])).unwrap();
+        let p = add(&mut model, "w", tensor1(&[2.0f32, 1.0]));
+        assert_eq!(model.node(p.node).name, "w.3");
+        assert_eq!(
+            add(&mut model, "z", tensor1(&[7i64])).node,
+            model.nodes().len() - 2
+        );
+        assert_eq!(model.nodes().len(), 5);
     }
 }
