@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::{ModelConfig, Task};
 use crate::model::{Model, ModelOptions, RowOutput};
@@ -102,13 +102,29 @@ impl Engine {
                 choice.path
             }
         };
-        let tokenizer = TextTokenizer::load(&crate::folder::tokenizer_dir(dir, &onnx))?;
         let model_options = ModelOptions {
             output: Some(task.output_name().to_string()),
             tract_int8: options.tract_int8,
             threads: options.threads,
         };
-        let model = Model::load(&onnx, &model_options)?;
+        // The tokenizer (~10% of the start: parsing tokenizer.json) loads on a second thread
+        // while the model loads; its error, if any, comes first as before.
+        let tokenizer_dir = crate::folder::tokenizer_dir(dir, &onnx);
+        let (tokenizer, model) = std::thread::scope(|s| {
+            let tokenizer = std::thread::Builder::new()
+                .name("tokenizer-load".into())
+                .spawn_scoped(s, || TextTokenizer::load(&tokenizer_dir));
+            let model = Model::load(&onnx, &model_options);
+            let tokenizer = match tokenizer {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("loading the tokenizer panicked"))),
+                // no thread to spare: load it here
+                Err(_) => TextTokenizer::load(&tokenizer_dir),
+            };
+            (tokenizer, model)
+        });
+        let (tokenizer, model) = (tokenizer?, model?);
         let positions = config.max_position_embeddings;
         let window = options.window_tokens.unwrap_or(positions);
         if !(3..=positions).contains(&window) {
