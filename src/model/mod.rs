@@ -157,11 +157,28 @@ impl Model {
         let mut stages = Stages::new();
         let fuse = !options.tract_int8;
         let want_sidecar = fuse && *weights != WeightsSource::Heap;
-        let (proto, fingerprint, map) = decode::decode(path, want_sidecar)?;
+        let (proto, _, map) = decode::decode(path, false)?;
         stages.lap("decode");
 
         let output = Some(options.output.as_deref());
-        let (mut typed, inputs) = decode::parse_typed(path, &proto, map, output)?;
+        // the sidecar's check needs the file's fingerprint (~3 ms of hashing): on a second
+        // thread while tract parses
+        let file = map.clone();
+        let (parsed, fingerprint) = std::thread::scope(|s| {
+            let hashing = want_sidecar.then(|| {
+                std::thread::Builder::new()
+                    .name("model-hash".into())
+                    .spawn_scoped(s, || weights::model_fingerprint(&file[..]))
+            });
+            let parsed = decode::parse_typed(path, &proto, map, output);
+            let fingerprint = hashing.map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                Err(_) => weights::model_fingerprint(&file[..]), // no thread to spare
+            });
+            (parsed, fingerprint)
+        });
+        drop(file);
+        let (mut typed, inputs) = parsed?;
         drop(proto);
         // the proto's copies of the weights are gone: give them back before the next stages
         // allocate (keeps the load's peak RSS down)
