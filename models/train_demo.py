@@ -555,7 +555,7 @@ def main(argv=None) -> int:
     t.add_argument("out")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1, help="torch threads (1: on a busy shared host 2 OpenMP threads were 4-5x slower)")
-    t.add_argument("--steps", type=int, default=1400)
+    t.add_argument("--steps", type=int, default=12000)
     t.add_argument("--tokens", type=int, default=512, help="tokens per batch (length-sorted buckets)")
     t.add_argument("--max-len", type=int, default=80)
     t.add_argument("--layers", type=int, default=3)
