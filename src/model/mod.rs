@@ -41,12 +41,13 @@
 //!
 //! # Memory while loading
 //!
-//! tract copies every initializer into a tensor at parse time, and the decoded protobuf holds a
-//! copy too. To avoid having both (and the model file's pages) resident at once, initializers of
-//! 16 KiB and more are turned into external-data references to their offsets in the model file
-//! right after decoding (their protobuf copies are freed) and served to tract from our map
-//! (`MapResolver`); pages already read are dropped from the resident set (`MADV_DONTNEED` on
-//! the read-only file map), and glibc's free memory is handed back after each stage
+//! tract copies every initializer into a tensor at parse time (twice when it reads external
+//! data), and the decoded protobuf holds a copy too. To have one copy only, initializers of
+//! 16 KiB and more of plain numeric types are left out of the decoded protobuf (`decode`: the
+//! file is re-encoded at the wire level without them) and, after tract's parse has made their
+//! names unresolved inputs, turned into constants copied once from the file's map; pages
+//! already read are dropped from the resident set (`MADV_DONTNEED` on the read-only file map),
+//! and glibc's free memory is handed back after each stage
 //! (`malloc_trim`). Small model, sidecar mapped: load peak ~1.35x the steady RSS (was ~1.8x).
 
 mod contrib;
@@ -157,29 +158,28 @@ impl Model {
         let mut stages = Stages::new();
         let fuse = !options.tract_int8;
         let want_sidecar = fuse && *weights != WeightsSource::Heap;
-        let (proto, _, map) = decode::decode(path, false)?;
+        let decoded = decode::decode(path)?;
         stages.lap("decode");
 
         let output = Some(options.output.as_deref());
         // the sidecar's check needs the file's fingerprint (~3 ms of hashing): on a second
         // thread while tract parses
-        let file = map.clone();
         let (parsed, fingerprint) = std::thread::scope(|s| {
+            let file = &decoded.map;
             let hashing = want_sidecar.then(|| {
                 std::thread::Builder::new()
                     .name("model-hash".into())
                     .spawn_scoped(s, || weights::model_fingerprint(&file[..]))
             });
-            let parsed = decode::parse_typed(path, &proto, map, output);
+            let parsed = decode::parse_typed(path, &decoded, output);
             let fingerprint = hashing.map(|h| match h {
                 Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
                 Err(_) => weights::model_fingerprint(&file[..]), // no thread to spare
             });
             (parsed, fingerprint)
         });
-        drop(file);
         let (mut typed, inputs) = parsed?;
-        drop(proto);
+        drop(decoded);
         // the proto's copies of the weights are gone: give them back before the next stages
         // allocate (keeps the load's peak RSS down)
         release_free_heap();

@@ -107,9 +107,10 @@ pub struct PackReport {
 /// file + rename), for [`Model::load`] to map. Every fusable matmul of the whole graph is
 /// packed, whichever output a later load selects.
 pub fn pack(onnx: &Path, out: &Path) -> Result<PackReport> {
-    let (proto, fingerprint, map) = decode(onnx, true)?;
-    let (mut typed, _) = parse_typed(onnx, &proto, map, None)?;
-    drop(proto);
+    let decoded = decode(onnx)?;
+    let fingerprint = model_fingerprint(&decoded.map[..]);
+    let (mut typed, _) = parse_typed(onnx, &decoded, None)?;
+    drop(decoded);
     let report = crate::int8::fuse_quantized_matmuls_from(&mut typed, &Default::default(), None)
         .map_err(|e| anyhow!("{}: int8 fusion failed: {e:#}", onnx.display()))?;
     if report.fused == 0 {
@@ -118,7 +119,7 @@ pub fn pack(onnx: &Path, out: &Path) -> Result<PackReport> {
             onnx.display()
         );
     }
-    let (entries, bytes) = write_packed_sidecar(&typed, out, fingerprint.expect("asked for"))?;
+    let (entries, bytes) = write_packed_sidecar(&typed, out, fingerprint)?;
     Ok(PackReport {
         path: out.to_owned(),
         entries,
