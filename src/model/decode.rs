@@ -17,7 +17,6 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::ops::{konst::Const, source::Source};
 
 use super::inputs::{bind_inputs, select_output, InputKind};
-use super::memory::release_free_heap;
 
 /// A model file, decoded.
 pub(super) struct Decoded {
@@ -76,7 +75,6 @@ pub(super) fn decode(path: &Path) -> Result<Decoded> {
             path.display()
         );
     }
-    release_free_heap();
     drop_pages(&map, 0, map.len());
     log::debug!(
         "{}: {} initializers to be read from the map after parse",

@@ -84,13 +84,14 @@ pub fn into_typed(model: InferenceModel) -> Result<TypedModel> {
         // tract-onnx 0.23's ops does), so the second analysis (~15% of the start) is only
         // run when one does; translation walks the graph from its outputs, as compacting
         // would.
-        let asks = model
-            .eval_order()?
-            .into_iter()
-            .try_fold(false, |asks, id| {
-                let node = model.node(id);
-                TractResult::Ok(asks || node.op.incorporate(&model, node)?.is_some())
-            })?;
+        let mut asks = false;
+        for id in model.eval_order()? {
+            let node = model.node(id);
+            if node.op.incorporate(&model, node)?.is_some() {
+                asks = true;
+                break;
+            }
+        }
         if asks {
             model.incorporate()
         } else {
@@ -182,8 +183,8 @@ impl ConstIndex {
             Some(exotic) => tract_core::ops::konst::Const::new_with_exotic_fact(v, exotic.clone())?,
             None => tract_core::ops::konst::Const::new(v)?,
         };
+        // indexed by the next call's `sync`
         let id = target.add_node(name, op, tvec!(fact))?;
-        self.sync(target);
         Ok(id.into())
     }
 }
