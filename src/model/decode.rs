@@ -474,4 +474,51 @@ mod tests {
         assert!(decode(&split).unwrap().detached.is_empty());
         assert_eq!(logits(&split), logits(&path));
     }
+
+    /// Initializers that the graph also lists among its inputs (older exporters, and
+    /// `torch.onnx.export(keep_initializers_as_inputs=True)`) are constants too, not inputs.
+    #[test]
+    fn initializers_listed_as_graph_inputs_are_constants() {
+        use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+        use tract_onnx::pb::{type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+        let path = fixture("electra-tiny-zh/discriminator/model.onnx");
+        let mut proto = ModelProto::decode(&std::fs::read(&path).unwrap()[..]).unwrap();
+        let g = proto.graph.as_mut().unwrap();
+        let listed: Vec<ValueInfoProto> = g
+            .initializer
+            .iter()
+            .map(|t| ValueInfoProto {
+                name: t.name.clone(),
+                r#type: Some(TypeProto {
+                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                        elem_type: t.data_type,
+                        shape: Some(TensorShapeProto {
+                            dim: t
+                                .dims
+                                .iter()
+                                .map(|&d| Dimension {
+                                    value: Some(dimension::Value::DimValue(d)),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        }),
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let big = g
+            .initializer
+            .iter()
+            .filter(|t| t.raw_data.len() >= DETACH_MIN_BYTES)
+            .count();
+        assert!(big > 0);
+        g.input.extend(listed);
+        let dir = TempDir::new("listed-inputs");
+        let listed_path = dir.join("model.onnx");
+        std::fs::write(&listed_path, proto.encode_to_vec()).unwrap();
+        assert_eq!(decode(&listed_path).unwrap().detached.len(), big);
+        assert_eq!(logits(&listed_path), logits(&path));
+    }
 }
