@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use prost::Message;
 use tract_onnx::model::ParseResult;
+use tract_onnx::pb::tensor_proto::DataLocation;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::ops::{konst::Const, source::Source};
@@ -26,6 +27,30 @@ pub(super) struct Decoded {
     detached: Vec<Detached>,
     /// The whole file, read-only.
     pub map: Arc<Mmap>,
+    /// The ONNX external-data files the model's initializers name (`model.onnx_data`), as
+    /// tract will open them (relative to the model's folder), each once.
+    external: Vec<std::path::PathBuf>,
+}
+
+impl Decoded {
+    /// The fingerprint a packed-weights sidecar records: every byte of the ONNX file and of
+    /// the external-data files it names (weights there can change while the ONNX file stays
+    /// byte for byte the same). A file that cannot be read counts as empty (the parse then
+    /// fails on it anyway).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = super::weights::model_fingerprint(&self.map[..]);
+        for path in &self.external {
+            let file = File::open(path).ok();
+            // SAFETY: read-only and dropped at the end of this iteration; the files are
+            // never changed in place while mapped (the deployment rule for model files).
+            let map = file.and_then(|f| unsafe { Mmap::map(&f) }.ok());
+            let bytes: &[u8] = map.as_deref().unwrap_or_default();
+            let mut pair = h.to_le_bytes().to_vec();
+            pair.extend(super::weights::model_fingerprint(bytes).to_le_bytes());
+            h = super::weights::model_fingerprint(&pair);
+        }
+        h
+    }
 }
 
 /// A big initializer left out of the decoded protobuf ([`thin_model`]): tract's parse sees its
@@ -67,6 +92,7 @@ pub(super) fn decode(path: &Path) -> Result<Decoded> {
         )
     })?;
     let detached = thin.map(|(_, d)| d).unwrap_or_default();
+    let external = external_files(path, &proto);
     let expanded = super::contrib::expand_contrib_ops(&mut proto)
         .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     if expanded > 0 {
@@ -85,7 +111,25 @@ pub(super) fn decode(path: &Path) -> Result<Decoded> {
         proto,
         detached,
         map: Arc::new(map),
+        external,
     })
+}
+
+/// The external-data files of the graph's initializers, resolved from the model's folder,
+/// sorted, each once.
+fn external_files(path: &Path, proto: &ModelProto) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(model_dir(path).unwrap_or("."));
+    let mut files: Vec<_> = proto
+        .graph
+        .iter()
+        .flat_map(|g| &g.initializer)
+        .filter(|t| t.data_location == Some(DataLocation::External as i32))
+        .filter_map(|t| t.external_data.iter().find(|e| e.key == "location"))
+        .map(|e| dir.join(&e.value))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// Initializers at least this big are left out of the decoded protobuf and copied straight
@@ -361,7 +405,9 @@ pub(super) fn parse_typed(
 mod tests {
     use super::*;
 
-    use tract_onnx::pb::{tensor_proto::DataLocation, StringStringEntryProto};
+    use tract_onnx::pb::StringStringEntryProto;
+
+    use std::path::PathBuf;
 
     use crate::testutil::{fixture, TempDir};
 
@@ -444,13 +490,17 @@ mod tests {
             .collect()
     }
 
-    /// A model whose weights are in a separate file (ONNX external data, `model.onnx_data`,
-    /// as exporters write big models) loads with the same weights as the single file.
-    #[test]
-    fn external_data_files_are_read_from_their_file() {
-        let path = fixture("electra-tiny-zh/discriminator/model.onnx");
-        let mut proto = ModelProto::decode(&std::fs::read(&path).unwrap()[..]).unwrap();
-        let mut data = vec![0u8; 4096]; // an offset that is in bounds of model.onnx too
+    /// A tensor moved to the external-data file: name, ONNX data type, dims, bytes there.
+    type Moved = (String, i32, Vec<i64>, Range<usize>);
+
+    /// Writes `path`'s model into `dir` as `model.onnx` + `model.onnx_data` (ONNX external
+    /// data for every initializer of 1 KiB and more, after a 4 KiB gap, so that the offsets
+    /// are in bounds of `model.onnx` too). Returns the new path and, for each moved tensor,
+    /// its name, ONNX data type, dims and bytes in the data file.
+    fn split_external(path: &Path, dir: &Path) -> (PathBuf, Vec<Moved>) {
+        let mut proto = ModelProto::decode(&std::fs::read(path).unwrap()[..]).unwrap();
+        let mut data = vec![0u8; 4096];
+        let mut moved = vec![];
         for t in &mut proto.graph.as_mut().unwrap().initializer {
             if t.raw_data.len() < 1024 {
                 continue;
@@ -465,14 +515,69 @@ mod tests {
                 entry("length", t.raw_data.len().to_string()),
             ];
             t.data_location = Some(DataLocation::External as i32);
+            let at = data.len();
             data.append(&mut t.raw_data);
+            moved.push((t.name.clone(), t.data_type, t.dims.clone(), at..data.len()));
         }
-        let dir = TempDir::new("external-data");
         let split = dir.join("model.onnx");
         std::fs::write(&split, proto.encode_to_vec()).unwrap();
         std::fs::write(dir.join("model.onnx_data"), &data).unwrap();
-        assert!(decode(&split).unwrap().detached.is_empty());
+        (split, moved)
+    }
+
+    /// A model whose weights are in a separate file (ONNX external data, `model.onnx_data`,
+    /// as exporters write big models) loads with the same weights as the single file.
+    #[test]
+    fn external_data_files_are_read_from_their_file() {
+        let path = fixture("electra-tiny-zh/discriminator/model.onnx");
+        let dir = TempDir::new("external-data");
+        let (split, _) = split_external(&path, &dir);
+        let decoded = decode(&split).unwrap();
+        assert!(decoded.detached.is_empty());
+        assert_eq!(decoded.external, vec![dir.join("model.onnx_data")]);
         assert_eq!(logits(&split), logits(&path));
+    }
+
+    /// A sidecar packed from a model with external data is not used once the data file
+    /// changes, though `model.onnx` stays byte for byte the same (the fingerprint covers both).
+    #[test]
+    fn sidecars_follow_the_external_data_file() {
+        use super::super::{pack, Model, ModelOptions, WeightsSource};
+        let dir = TempDir::new("external-sidecar");
+        let (split, moved) =
+            split_external(&fixture("electra-tiny-zh/discriminator/model.onnx"), &dir);
+        let side = dir.join("model.onnx.int8pack");
+        pack(&split, &side).unwrap();
+        let opts = ModelOptions::default();
+        let sidecar = WeightsSource::Sidecar(side);
+        let before = Model::load_with(&split, &opts, &sidecar).unwrap();
+        assert!(before.weights.fused > 0);
+        assert_eq!(before.weights.mapped, before.weights.fused);
+        let onnx = std::fs::read(&split).unwrap();
+        // new values for the middle of an int8 matmul weight (the sidecar's own check only
+        // compares the first and last panels)
+        let (name, _, _, bytes) = moved
+            .iter()
+            .find(|(name, dt, dims, bytes)| {
+                name.contains("MatMul")
+                    && (*dt == 2 || *dt == 3)
+                    && dims.len() == 2
+                    && bytes.len() >= 2048
+            })
+            .unwrap();
+        let mut data = std::fs::read(dir.join("model.onnx_data")).unwrap();
+        let mid = bytes.start + bytes.len() / 2;
+        for b in &mut data[mid - 512..mid + 512] {
+            *b ^= 0x55;
+        }
+        std::fs::write(dir.join("model.onnx_data"), &data).unwrap();
+        assert_eq!(std::fs::read(&split).unwrap(), onnx);
+        let after = Model::load_with(&split, &opts, &sidecar).unwrap();
+        assert_eq!(after.weights.mapped, 0, "stale sidecar used for {name}");
+        let heap = Model::load_with(&split, &opts, &WeightsSource::Heap).unwrap();
+        let run = |m: &Model| m.run(&[101, 2769, 7305, 791, 1921, 102]).unwrap();
+        assert_eq!(run(&after), run(&heap));
+        assert_ne!(run(&after), run(&before), "the new weights change nothing");
     }
 
     /// Initializers that the graph also lists among its inputs (older exporters, and

@@ -27,11 +27,12 @@
 //!
 //! A sidecar is used only when it parses (magic, version, index and every entry in bounds),
 //! its fingerprint equals the model file's ([`model_fingerprint`]: a hash of **every byte**
-//! of the ONNX file, ~3 ms for the 13 MB small model, while its pages are hot from decoding), and
-//! each entry matches the graph's weights (shape, signedness, zero points, first k-quad of the
-//! first and last panels). Otherwise the weights are packed on the heap, with a warning for a
-//! corrupt or truncated file and an info line saying how to make one for a missing or stale
-//! one: a bad sidecar never stops the model from loading.
+//! of the ONNX file and of the external-data files it names, if any; ~3 ms for the 13 MB small
+//! model, while its pages are hot from decoding), and each entry matches the graph's weights
+//! (shape, signedness, zero points, first k-quad of the first and last panels). Otherwise the
+//! weights are packed on the heap, with a warning for a corrupt or truncated file and an info
+//! line saying how to make one for a missing or stale one: a bad sidecar never stops the model
+//! from loading.
 //!
 //! What cannot be detected: a sidecar or model file truncated or rewritten **in place** after
 //! it was mapped (the next touch of a vanished page is a SIGBUS). Deployment rule: replace
@@ -165,16 +166,15 @@ impl Model {
         // the sidecar's check needs the file's fingerprint (~3 ms of hashing): on a second
         // thread while tract parses
         let (parsed, fingerprint) = std::thread::scope(|s| {
-            let file = &decoded.map;
             let hashing = want_sidecar.then(|| {
                 std::thread::Builder::new()
                     .name("model-hash".into())
-                    .spawn_scoped(s, || weights::model_fingerprint(&file[..]))
+                    .spawn_scoped(s, || decoded.fingerprint())
             });
             let parsed = decode::parse_typed(path, &decoded, output);
             let fingerprint = hashing.map(|h| match h {
                 Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                Err(_) => weights::model_fingerprint(&file[..]), // no thread to spare
+                Err(_) => decoded.fingerprint(), // no thread to spare
             });
             (parsed, fingerprint)
         });
