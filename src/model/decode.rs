@@ -227,7 +227,9 @@ fn put_bytes(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
 /// initializers share a name.
 fn thin_model(map: &[u8]) -> Option<(Vec<u8>, Vec<Detached>)> {
     let mut detached = vec![];
-    let mut out = Vec::with_capacity(map.len().min(1 << 20));
+    // (capacity for the whole file: pages never written are never touched, and no growth
+    // copies the bytes again)
+    let mut out = Vec::with_capacity(map.len());
     for f in fields(map, 0, map.len())? {
         if f.number == 7 && f.wire == 2 {
             let graph = thin_graph(map, &f, &mut detached)?;
@@ -245,7 +247,7 @@ fn thin_model(map: &[u8]) -> Option<(Vec<u8>, Vec<Detached>)> {
 }
 
 fn thin_graph(b: &[u8], graph: &Field, detached: &mut Vec<Detached>) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(graph.end - graph.payload);
     for f in fields(b, graph.payload, graph.end)? {
         if f.number == 5 && f.wire == 2 {
             if let Some(d) = detachable(b, &f)? {
