@@ -53,8 +53,12 @@ use tract_onnx::pb::{
 const MS: &str = "com.microsoft";
 
 /// Replaces the `com.microsoft` ops listed in the module docs by standard ONNX nodes, in
-/// place. Returns how many nodes were replaced.
-pub(crate) fn expand_contrib_ops(model: &mut ModelProto) -> Result<usize> {
+/// place. `detached` names the initializers left out of `model` (the loader's thin decode)
+/// with their dims: only names and dims are read. Returns how many nodes were replaced.
+pub(crate) fn expand_contrib_ops(
+    model: &mut ModelProto,
+    detached: &[(&str, Vec<i64>)],
+) -> Result<usize> {
     let opset = model
         .opset_import
         .iter()
@@ -66,7 +70,7 @@ pub(crate) fn expand_contrib_ops(model: &mut ModelProto) -> Result<usize> {
     if !graph.node.iter().any(|n| n.domain == MS) {
         return Ok(0);
     }
-    let info = GraphInfo::new(graph);
+    let info = GraphInfo::new(graph, detached);
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut inits = vec![];
     let mut replaced = 0;
@@ -145,13 +149,19 @@ struct Producer {
 }
 
 impl GraphInfo {
-    fn new(g: &GraphProto) -> GraphInfo {
+    fn new(g: &GraphProto, detached: &[(&str, Vec<i64>)]) -> GraphInfo {
         let mut used: HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
         let mut producers = HashMap::new();
-        let init_len: HashMap<&str, usize> = g
+        // every initializer's name and dims: those in the graph, then the detached ones
+        let initializers: Vec<(&str, &[i64])> = g
             .initializer
             .iter()
-            .map(|t| (t.name.as_str(), t.dims.iter().product::<i64>() as usize))
+            .map(|t| (t.name.as_str(), &t.dims[..]))
+            .chain(detached.iter().map(|(n, d)| (*n, &d[..])))
+            .collect();
+        let init_len: HashMap<&str, usize> = initializers
+            .iter()
+            .map(|(n, d)| (*n, d.iter().product::<i64>() as usize))
             .collect();
         for n in &g.node {
             used.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
@@ -184,10 +194,9 @@ impl GraphInfo {
                 }
             }
         }
-        let dims: HashMap<String, Vec<i64>> = g
-            .initializer
+        let dims: HashMap<String, Vec<i64>> = initializers
             .iter()
-            .map(|t| (t.name.clone(), t.dims.clone()))
+            .map(|(n, d)| (n.to_string(), d.to_vec()))
             .collect();
         for (n, d) in &dims {
             ranks.insert(n.clone(), d.len());
@@ -825,29 +834,9 @@ mod tests {
         inits: Vec<TensorProto>,
         ops: bool,
     ) -> Result<(Vec<f32>, usize)> {
-        let mut model = ModelProto {
-            ir_version: 8,
-            opset_import: vec![
-                OperatorSetIdProto {
-                    domain: String::new(),
-                    version: 17,
-                },
-                OperatorSetIdProto {
-                    domain: MS.into(),
-                    version: 1,
-                },
-            ],
-            graph: Some(GraphProto {
-                name: "g".into(),
-                node: vec![node],
-                initializer: inits,
-                input: inputs.iter().map(|(v, _)| v.clone()).collect(),
-                output: vec![value_info("y", DataType::Float, &[1, S, HID])],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert_eq!(expand_contrib_ops(&mut model)?, 1);
+        let input_infos: Vec<ValueInfoProto> = inputs.iter().map(|(v, _)| v.clone()).collect();
+        let mut model = model_of(node, input_infos, inits);
+        assert_eq!(expand_contrib_ops(&mut model, &[])?, 1);
         assert!(model
             .graph
             .as_ref()
@@ -866,6 +855,63 @@ mod tests {
         let out = plan.run(inputs.into_iter().map(|(_, t)| t.into_tvalue()).collect())?;
         let y = out[0].to_plain_array_view::<f32>()?;
         Ok((y.iter().copied().collect(), fused))
+    }
+
+    /// A one-node model with output `y` `[1, S, HID]`.
+    fn model_of(
+        node: NodeProto,
+        inputs: Vec<ValueInfoProto>,
+        inits: Vec<TensorProto>,
+    ) -> ModelProto {
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![
+                OperatorSetIdProto {
+                    domain: String::new(),
+                    version: 17,
+                },
+                OperatorSetIdProto {
+                    domain: MS.into(),
+                    version: 1,
+                },
+            ],
+            graph: Some(GraphProto {
+                name: "g".into(),
+                node: vec![node],
+                initializer: inits,
+                input: inputs,
+                output: vec![value_info("y", DataType::Float, &[1, S, HID])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The loader leaves big initializers out of the decoded model and passes their names
+    /// and dims (`decode::thin_model`): the expansion is the same as with them in the graph.
+    #[test]
+    fn detached_weights_expand_like_present_ones() {
+        let (x, w, b) = (vals(S * IN, 1), vals(IN * 3 * HID, 2), vals(3 * HID, 3));
+        let w = tensor("w", &[IN, 3 * HID], DataType::Float, &w);
+        let b = tensor("b", &[3 * HID], DataType::Float, &b);
+        let model = |inits: Vec<TensorProto>| {
+            let node = attention_node("Attention", &["x", "w", "b"], vec![]);
+            model_of(node, vec![x_input(&x).0], inits)
+        };
+        let mut present = model(vec![w, b.clone()]);
+        assert_eq!(expand_contrib_ops(&mut present, &[]).unwrap(), 1);
+        let mut detached = model(vec![b.clone()]);
+        let known = [("w", vec![IN as i64, 3 * HID as i64])];
+        assert_eq!(expand_contrib_ops(&mut detached, &known).unwrap(), 1);
+        let (p, d) = (present.graph.unwrap(), detached.graph.unwrap());
+        assert_eq!(p.node, d.node);
+        assert_eq!(&p.initializer[1..], &d.initializer[..]);
+        // without the dims the weights are unknown
+        let msg = format!(
+            "{:#}",
+            expand_contrib_ops(&mut model(vec![b]), &[]).unwrap_err()
+        );
+        assert!(msg.contains("not a constant of the graph"), "{msg}");
     }
 
     /// onnxruntime's Attention, by the book: x W + b, per head softmax(Q K^T / sqrt(d) +
@@ -1096,7 +1142,7 @@ mod tests {
             ..Default::default()
         };
         let mut unknown = model.clone();
-        expand_contrib_ops(&mut model).unwrap();
+        expand_contrib_ops(&mut model, &[]).unwrap();
         let plan = tract_onnx::onnx()
             .model_for_proto_model(&model)
             .unwrap()
@@ -1116,7 +1162,7 @@ mod tests {
         assert!(max_diff(&got, &want) < 1e-5, "{got:?} vs {want:?}");
 
         unknown.graph.as_mut().unwrap().node = vec![node(false)];
-        let msg = format!("{:#}", expand_contrib_ops(&mut unknown).unwrap_err());
+        let msg = format!("{:#}", expand_contrib_ops(&mut unknown, &[]).unwrap_err());
         assert!(msg.contains("fmm") && msg.contains("transB"), "{msg}");
     }
 
@@ -1143,7 +1189,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(expand_contrib_ops(&mut model).unwrap(), 2);
+        assert_eq!(expand_contrib_ops(&mut model, &[]).unwrap(), 2);
         let g = model.graph.unwrap();
         let mut names = HashSet::new();
         for n in &g.node {

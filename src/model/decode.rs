@@ -93,7 +93,11 @@ pub(super) fn decode(path: &Path) -> Result<Decoded> {
     })?;
     let detached = thin.map(|(_, d)| d).unwrap_or_default();
     let external = external_files(path, &proto);
-    let expanded = super::contrib::expand_contrib_ops(&mut proto)
+    let known: Vec<(&str, Vec<i64>)> = detached
+        .iter()
+        .map(|d| (d.name.as_str(), d.shape.iter().map(|&n| n as i64).collect()))
+        .collect();
+    let expanded = super::contrib::expand_contrib_ops(&mut proto, &known)
         .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     if expanded > 0 {
         log::debug!(
