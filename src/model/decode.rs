@@ -6,13 +6,12 @@
 use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use prost::Message;
 use tract_onnx::model::ParseResult;
-use tract_onnx::pb::tensor_proto::DataLocation;
+use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::ops::{konst::Const, source::Source};
@@ -22,11 +21,11 @@ use super::inputs::{bind_inputs, select_output, InputKind};
 /// A model file, decoded.
 pub(super) struct Decoded {
     /// The model without its big initializers (contrib ops expanded).
-    pub proto: ModelProto,
+    proto: ModelProto,
     /// The initializers left out of `proto`, found in `map`.
     detached: Vec<Detached>,
     /// The whole file, read-only.
-    pub map: Arc<Mmap>,
+    map: Mmap,
     /// The ONNX external-data files the model's initializers name (`model.onnx_data`), as
     /// tract will open them (relative to the model's folder), each once.
     external: Vec<std::path::PathBuf>,
@@ -114,7 +113,7 @@ pub(super) fn decode(path: &Path) -> Result<Decoded> {
     Ok(Decoded {
         proto,
         detached,
-        map: Arc::new(map),
+        map,
         external,
     })
 }
@@ -290,20 +289,15 @@ fn detachable(b: &[u8], init: &Field) -> Option<Option<Detached>> {
     let (Some(name), Some(raw)) = (name, raw) else {
         return Some(None);
     };
-    // plain numbers only: any bytes are a valid value of these types (see `attach_detached`)
-    let datum_type = match data_type {
-        1 => DatumType::F32,
-        2 => DatumType::U8,
-        3 => DatumType::I8,
-        4 => DatumType::U16,
-        5 => DatumType::I16,
-        6 => DatumType::I32,
-        7 => DatumType::I64,
-        10 => DatumType::F16,
-        11 => DatumType::F64,
-        12 => DatumType::U32,
-        13 => DatumType::U64,
-        _ => return Some(None),
+    // tract-onnx's own mapping of ONNX data types; plain numbers only: any bytes are a valid
+    // value of these types (see `attach_detached`)
+    let datum_type = i32::try_from(data_type)
+        .ok()
+        .and_then(|t| DataType::try_from(t).ok())
+        .and_then(|t| DatumType::try_from(t).ok())
+        .filter(|t| t.is_integer() || t.is_float());
+    let Some(datum_type) = datum_type else {
+        return Some(None);
     };
     let shape: Option<Vec<usize>> = shape.iter().map(|&d| usize::try_from(d).ok()).collect();
     let Some(shape) = shape else {

@@ -180,8 +180,8 @@ impl Model {
         });
         let (mut typed, inputs) = parsed?;
         drop(decoded);
-        // the proto's copies of the weights are gone: give them back before the next stages
-        // allocate (keeps the load's peak RSS down)
+        // the decoded proto and tract's inference model are gone: give their memory back
+        // before the next stages allocate (keeps the load's peak RSS down)
         release_free_heap();
         stages.lap("parse+type");
 
