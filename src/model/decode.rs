@@ -377,7 +377,8 @@ pub(super) fn parse_typed(
     output: Option<Option<&str>>,
 ) -> Result<(TypedModel, Vec<InputKind>)> {
     // tract's own resolver reads genuine external data (`model.onnx_data` next to the file)
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    super::onnx_ops::register(&mut onnx.op_register);
     let mut parsed = crate::ops::guard::catch_tract("tract cannot read the graph", || {
         onnx.parse(&decoded.proto, model_dir(path))
     })

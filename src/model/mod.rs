@@ -55,6 +55,7 @@ mod contrib;
 mod decode;
 mod inputs;
 mod memory;
+mod onnx_ops;
 mod weights;
 
 use std::path::{Path, PathBuf};
