@@ -212,15 +212,8 @@ impl Translate<InferenceFact, Box<dyn InferenceOp>, TypedFact, Box<dyn TypedOp>>
                 .all(|f| f.value.is_concrete())
         {
             let mut consts = self.consts.borrow_mut();
-            let old = std::env::var_os("EE_OLD").is_some();
             return (0..node.outputs.len())
                 .map(|ix| {
-                    if old {
-                        return target.add_const(
-                            format!("{}.{}", node.name, ix),
-                            node.outputs[ix].fact.value.concretize().context("c")?,
-                        );
-                    }
                     consts.add_const(
                         target,
                         format!("{}.{}", node.name, ix),
