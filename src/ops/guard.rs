@@ -189,6 +189,78 @@ impl ConstIndex {
     }
 }
 
+impl TypedTranslation {
+    /// A binary element-wise op (`Add`, `Mul`, ...) with a constant input of lower rank than
+    /// the other: tract wires an `AddAxis` node per missing axis in front of the constant (each
+    /// added node scans the whole graph for its name: ~8% of the start for ELECTRA-small's
+    /// ~500 bias adds and scale multiplications). The constant gets the leading axes itself
+    /// instead, through the index, and tract's wiring then has nothing to add; what the graph
+    /// computes is the same (declutter folds those `AddAxis` nodes into the constants anyway).
+    /// `None` when the node is not such an op.
+    fn binary_with_constants_at_rank(
+        &self,
+        source: &InferenceModel,
+        node: &InferenceNode,
+        target: &mut TypedModel,
+        mapping: &HashMap<OutletId, OutletId>,
+    ) -> TractResult<Option<TVec<OutletId>>> {
+        use tract_onnx::tract_hir::ops::binary::InferenceBinOp;
+        use tract_onnx::tract_hir::ops::expandable::Expansion;
+        let Some(expansion) = node.op.as_op().downcast_ref::<Box<dyn Expansion>>() else {
+            return Ok(None);
+        };
+        if !expansion.as_any().is::<InferenceBinOp>() || node.inputs.len() != 2 {
+            return Ok(None);
+        }
+        let mut inputs: TVec<OutletId> = node.inputs.iter().map(|i| mapping[i]).collect();
+        let facts = inputs
+            .iter()
+            .map(|&o| target.outlet_fact(o).cloned())
+            .collect::<TractResult<TVec<_>>>()?;
+        let rank = facts.iter().map(|f| f.rank()).max().unwrap_or(0);
+        let mut fixed = false;
+        for (input, fact) in inputs.iter_mut().zip(&facts) {
+            let Some(konst) = fact.konst.as_ref().filter(|_| fact.rank() < rank) else {
+                continue;
+            };
+            if konst.is_exotic() {
+                return Ok(None);
+            }
+            let mut t = konst.as_ref().clone();
+            while t.rank() < rank {
+                t.insert_axis(0)?;
+            }
+            let name = format!("{}.rank{rank}", target.node(input.node).name);
+            *input = self
+                .consts
+                .borrow_mut()
+                .add_const(target, name, t.into_arc_tensor())?;
+            fixed = true;
+        }
+        if !fixed {
+            return Ok(None);
+        }
+        // the rest of tract-hir's `to_typed` for expansions: wire, then check the facts
+        let outputs = expansion
+            .wire_with_inference_model_and_node(&node.name, source, node, target, &inputs)?;
+        for (ix, o) in outputs.iter().enumerate() {
+            let expected = &node.outputs[ix].fact;
+            let got = target.outlet_fact(*o)?;
+            if expected
+                .clone()
+                .unify_with(&InferenceFact::from(got))
+                .is_err()
+            {
+                bail!(
+                    "output mismatch after wiring {}: expected {expected:?} got {got:?}",
+                    node.name
+                );
+            }
+        }
+        Ok(Some(outputs))
+    }
+}
+
 impl Translate<InferenceFact, Box<dyn InferenceOp>, TypedFact, Box<dyn TypedOp>>
     for TypedTranslation
 {
@@ -229,7 +301,10 @@ impl Translate<InferenceFact, Box<dyn InferenceOp>, TypedFact, Box<dyn TypedOp>>
         install_hook();
         GUARDED.with(|g| g.set(g.get() + 1));
         let r = catch_unwind(AssertUnwindSafe(|| {
-            node.op.to_typed(source, node, target, mapping)
+            match self.binary_with_constants_at_rank(source, node, target, mapping)? {
+                Some(outputs) => Ok(outputs),
+                None => node.op.to_typed(source, node, target, mapping),
+            }
         }));
         GUARDED.with(|g| g.set(g.get() - 1));
         let outputs = match r {
@@ -255,6 +330,54 @@ impl Translate<InferenceFact, Box<dyn InferenceOp>, TypedFact, Box<dyn TypedOp>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary op with a constant of lower rank than its other input: typed without an
+    /// `AddAxis` node in front of the constant (the constant has the leading axes itself), and
+    /// computing what tract's typing computes.
+    #[test]
+    fn binary_constants_get_the_rank_of_the_other_input() {
+        use tract_onnx::tract_hir::ops::binary::InferenceBinOp;
+        use tract_onnx::tract_hir::ops::expandable::expand;
+        let mut model = InferenceModel::default();
+        let x = model.add_source("x", f32::fact([1, 3, 20]).into()).unwrap();
+        let c = model
+            .add_const(
+                "c",
+                tensor1(&(0..20).map(|j| j as f32 - 2.0).collect::<Vec<_>>()),
+            )
+            .unwrap();
+        let s = model.add_const("s", tensor0(2.0f32)).unwrap();
+        let bin = |op: Box<dyn tract_core::ops::binary::BinMiniOp>| expand(InferenceBinOp(op));
+        let y = model
+            .wire_node("y", bin(Box::new(tract_core::ops::math::Add)), &[c, x])
+            .unwrap()[0];
+        let z = model
+            .wire_node("z", bin(Box::new(tract_core::ops::math::Mul)), &[y, s])
+            .unwrap()[0];
+        model.select_output_outlets(&[z]).unwrap();
+        let ours = into_typed(model.clone()).unwrap();
+        let theirs = model.into_typed().unwrap();
+        let add_axes = |m: &TypedModel| m.nodes().iter().filter(|n| n.op_is::<AxisOp>()).count();
+        // tract folds the scalar's new axes at once (fewer than 16 values), not the vector's
+        assert_eq!(add_axes(&theirs), 2, "tract's typing: {theirs}");
+        assert_eq!(add_axes(&ours), 0, "ours: {ours}");
+        let input: Tensor =
+            tract_ndarray::Array3::from_shape_fn((1, 3, 20), |(_, i, j)| i as f32 * 1.5 - j as f32)
+                .into();
+        let run = |m: TypedModel| {
+            let out = m
+                .into_runnable()
+                .unwrap()
+                .run(tvec!(input.clone().into()))
+                .unwrap();
+            out[0].clone().into_tensor()
+        };
+        let (ours, theirs) = (run(ours), run(theirs));
+        assert_eq!(ours.shape(), &[1, 3, 20]);
+        assert_eq!(ours, theirs);
+        let first = ours.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap()[..4].to_vec();
+        assert_eq!(first, vec![-4.0, -4.0, -4.0, -4.0]); // (x + c) * 2, row 0: (-j + j - 2) * 2
+    }
 
     /// `ConstIndex::add_const` answers as tract's `add_const`: an equal constant already in the
     /// graph (added by anyone) is shared, a taken name gets the next free `.N`.
