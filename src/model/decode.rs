@@ -370,15 +370,17 @@ fn drop_pages(map: &Mmap, offset: usize, len: usize) {
 }
 
 /// tract parse of a decoded model, detached initializers attached, inputs bound, output
-/// selected (all kept when `output` is `None`), then typed.
+/// selected (all kept when `output` is `None`), then typed; with our parsers of some ops
+/// (`onnx_ops`), those of our transformer ops too when `our_ops`.
 pub(super) fn parse_typed(
     path: &Path,
     decoded: &Decoded,
     output: Option<Option<&str>>,
+    our_ops: bool,
 ) -> Result<(TypedModel, Vec<InputKind>)> {
     // tract's own resolver reads genuine external data (`model.onnx_data` next to the file)
     let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
-    super::onnx_ops::register(&mut onnx.op_register);
+    super::onnx_ops::register(&mut onnx.op_register, our_ops);
     let mut parsed = crate::ops::guard::catch_tract("tract cannot read the graph", || {
         onnx.parse(&decoded.proto, model_dir(path))
     })
@@ -475,7 +477,7 @@ mod tests {
         std::os::unix::fs::symlink(&path, &link).unwrap();
         let decoded = decode(&link).unwrap();
         assert!(!decoded.detached.is_empty());
-        assert!(parse_typed(&link, &decoded, Some(Some("logits"))).is_ok());
+        assert!(parse_typed(&link, &decoded, Some(Some("logits")), true).is_ok());
     }
 
     /// The logits of a few token ids through the model of a file.

@@ -172,7 +172,7 @@ impl Model {
                     .name("model-hash".into())
                     .spawn_scoped(s, || decoded.fingerprint())
             });
-            let parsed = decode::parse_typed(path, &decoded, output);
+            let parsed = decode::parse_typed(path, &decoded, output, fuse);
             let fingerprint = hashing.map(|h| match h {
                 Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
                 Err(_) => decoded.fingerprint(), // no thread to spare

@@ -1,18 +1,23 @@
-//! Our parser for ONNX `MatMulInteger`, registered over tract-onnx's own: the same typed graph
-//! (a rank-broadcast, then one 9-input `EinSum` with i32 accumulation, which the int8 fusion
-//! matches), built faster.
+//! Our parsers for two ONNX ops, registered over tract-onnx's own:
 //!
-//! tract-onnx derives the `EinSum`'s axes mapping anew for each node through a dozen
-//! `renaming`/`linking` steps that re-sort and re-check the whole mapping each time: 75
-//! `MatMulInteger` nodes in ELECTRA-small spent ~3% of the start there. All of them share one
-//! mapping per combination of input ranks, so it is derived once per combination and cloned.
-//! The derivation is the same sequence of steps on tract's public API, so the mapping is equal
-//! to tract's (tested, along with the whole typed graph).
+//! * `MatMulInteger`: the same typed graph as tract-onnx's (a rank-broadcast, then one
+//!   9-input `EinSum` with i32 accumulation, which the int8 fusion matches), built faster.
+//!   tract-onnx derives the `EinSum`'s axes mapping anew for each node through a dozen
+//!   `renaming`/`linking` steps that re-sort and re-check the whole mapping each time: 75
+//!   `MatMulInteger` nodes in ELECTRA-small spent ~7% of the start there. All of them share
+//!   one mapping per combination of input ranks, so it is derived once per combination and
+//!   cloned. The derivation is the same sequence of steps on tract's public API, so the mapping
+//!   is equal to tract's (tested, along with the whole typed graph).
+//! * `LayerNormalization` (only when our transformer ops are installed): over the last axis,
+//!   f32, with constant scale and bias and no extra outputs, it is typed as one
+//!   [`AddLayerNorm`] node, which the ops stage would make of tract's ~20-node expansion
+//!   anyway (`ops::rewrite::fuse_layer_norms`, which then also folds the residual add before
+//!   it); every other form is tract-onnx's own expansion.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-use tract_onnx::model::{optional_inputs, OnnxOpRegister, ParsingContext};
+use tract_onnx::model::{optional_inputs, optional_outputs, OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::axes::AxesMapping;
@@ -21,9 +26,177 @@ use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::binary::wire_rank_broadcast;
 use tract_onnx::tract_hir::ops::expandable::expand;
 
-/// Registers our parsers over tract-onnx's for the same op types.
-pub(super) fn register(reg: &mut OnnxOpRegister) {
+use crate::ops::AddLayerNorm;
+
+/// An ONNX op parser, as tract-onnx's registry holds them.
+type Parser = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+/// tract-onnx's own `LayerNormalization` parser, which ours wraps.
+static TRACT_LAYER_NORM: OnceLock<Parser> = OnceLock::new();
+
+/// Registers our parsers over tract-onnx's for the same op types: `MatMulInteger` always,
+/// `LayerNormalization` when `our_ops` (the loader installs our transformer ops, and the
+/// LayerNorm rewrite is not turned off by `ELECTRA_EDGE_OPS`).
+pub(super) fn register(reg: &mut OnnxOpRegister, our_ops: bool) {
     reg.insert("MatMulInteger", mat_mul_integer);
+    if our_ops && crate::ops::enabled("layernorm") {
+        if let Some(&tract) = reg.0.get("LayerNormalization") {
+            TRACT_LAYER_NORM.get_or_init(|| tract);
+            reg.insert("LayerNormalization", layer_normalization);
+        }
+    }
+}
+
+fn layer_normalization(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let tract = TRACT_LAYER_NORM
+        .get()
+        .context("LayerNormalization: tract-onnx's parser is not registered")?;
+    // tract's parse checks the attributes the same way for both forms
+    let (op, extra) = tract(ctx, node)?;
+    let Some(expansion) = op.as_op().downcast_ref::<Box<dyn Expansion>>() else {
+        return Ok((op, extra));
+    };
+    let extra_outputs = optional_outputs(node).skip(1).take(2).any(|o| o.is_some());
+    let op = LayerNormalization {
+        tract: expansion.clone(),
+        last_axis: node.get_attr_opt::<i64>("axis")?.unwrap_or(-1),
+        epsilon: node.get_attr_opt::<f32>("epsilon")?.unwrap_or(1e-5),
+        plain: !extra_outputs
+            && node
+                .get_attr_opt::<DatumType>("stash_type")?
+                .unwrap_or(DatumType::F32)
+                == DatumType::F32,
+    };
+    Ok((expand(op), extra))
+}
+
+/// ONNX `LayerNormalization`: tract-onnx's expansion, or one [`AddLayerNorm`] node when the
+/// form allows it (module docs).
+#[derive(Debug, Clone)]
+struct LayerNormalization {
+    tract: Box<dyn Expansion>,
+    /// the `axis` attribute
+    last_axis: i64,
+    epsilon: f32,
+    /// one output, statistics in f32
+    plain: bool,
+}
+
+impl LayerNormalization {
+    /// The [`AddLayerNorm`] this node is, if its form allows one.
+    fn as_ours(
+        &self,
+        target: &TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<Option<AddLayerNorm>> {
+        if !self.plain || !(2..=3).contains(&inputs.len()) {
+            return Ok(None);
+        }
+        let x = target.outlet_fact(inputs[0])?;
+        let rank = x.rank() as i64;
+        if x.datum_type != f32::datum_type()
+            || rank == 0
+            || !(self.last_axis == -1 || self.last_axis == rank - 1)
+        {
+            return Ok(None);
+        }
+        let Some(n) = x.shape.last().and_then(|d| d.to_usize().ok()) else {
+            return Ok(None);
+        };
+        let values = |o: OutletId| -> TractResult<Option<Arc<[f32]>>> {
+            let f = target.outlet_fact(o)?;
+            Ok(f.konst
+                .as_ref()
+                .filter(|k| k.datum_type() == f32::datum_type() && k.len() == n && !k.is_exotic())
+                .and_then(|k| {
+                    k.try_as_plain_ram()
+                        .ok()?
+                        .as_slice::<f32>()
+                        .ok()
+                        .map(Arc::from)
+                }))
+        };
+        let Some(gamma) = values(inputs[1])? else {
+            return Ok(None);
+        };
+        let beta = match inputs.get(2) {
+            Some(&b) => match values(b)? {
+                Some(b) => Some(b),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        Ok(Some(AddLayerNorm {
+            gamma,
+            beta,
+            eps: self.epsilon,
+            kernel: None,
+            threads: 1,
+        }))
+    }
+}
+
+impl Expansion for LayerNormalization {
+    fn name(&self) -> StaticName {
+        Expansion::name(self.tract.as_ref())
+    }
+
+    fn validation(&self) -> Validation {
+        Expansion::validation(self.tract.as_ref())
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Expansion::info(self.tract.as_ref())
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        Expansion::nboutputs(self.tract.as_ref())
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        Expansion::rules(self.tract.as_ref(), s, inputs, outputs)
+    }
+
+    fn wire_with_inference_model_and_node(
+        &self,
+        prefix: &str,
+        model: &InferenceModel,
+        node: &InferenceNode,
+        target: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        match self.as_ours(target, inputs)? {
+            Some(op) => target.wire_node(format!("{prefix}.add_layer_norm"), op, &inputs[..1]),
+            None => Expansion::wire_with_inference_model_and_node(
+                self.tract.as_ref(),
+                prefix,
+                model,
+                node,
+                target,
+                inputs,
+            ),
+        }
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        target: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        match self.as_ours(target, inputs)? {
+            Some(op) => target.wire_node(format!("{prefix}.add_layer_norm"), op, &inputs[..1]),
+            None => Expansion::wire(self.tract.as_ref(), prefix, target, inputs),
+        }
+    }
 }
 
 fn mat_mul_integer(
@@ -172,11 +345,11 @@ mod tests {
     use crate::testutil::fixture;
 
     /// tract-onnx's parse and typing of a model (inputs `[1, S]`, as the loader binds them),
-    /// with or without our parsers.
-    fn typed(path: &std::path::Path, ours: bool) -> TypedModel {
+    /// with our parsers when `ours` (`Some(our_ops)`).
+    fn typed(path: &std::path::Path, ours: Option<bool>) -> TypedModel {
         let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
-        if ours {
-            register(&mut onnx.op_register);
+        if let Some(our_ops) = ours {
+            register(&mut onnx.op_register, our_ops);
         }
         let mut model = onnx.model_for_path(path).unwrap();
         let s = model.symbols.sym("S");
@@ -225,7 +398,7 @@ mod tests {
             "electra-small-zh/discriminator/model.onnx",
         ] {
             let path = fixture(rel);
-            let (theirs, ours) = (typed(&path, false), typed(&path, true));
+            let (theirs, ours) = (typed(&path, None), typed(&path, Some(false)));
             assert_same_graph(&theirs, &ours, rel);
             einsums += ours
                 .nodes
@@ -235,6 +408,65 @@ mod tests {
                 .count();
         }
         assert!(einsums > 75, "{einsums} quantized EinSums compared");
+    }
+
+    fn info(name: &str, elem: DataType, dims: &[usize]) -> ValueInfoProto {
+        let dim = dims
+            .iter()
+            .map(|&d| tensor_shape_proto::Dimension {
+                value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+                ..Default::default()
+            })
+            .collect();
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: elem as i32,
+                    shape: Some(TensorShapeProto { dim }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An initializer of small integers (as int32_data, whatever `dt`).
+    fn int(name: &str, dt: DataType, dims: &[usize]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: dt as i32,
+            int32_data: (0..dims.iter().product::<usize>())
+                .map(|i| (i * 7 % 11) as i32 - 5)
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A one-node model.
+    fn model(
+        node: NodeProto,
+        inputs: Vec<ValueInfoProto>,
+        inits: Vec<TensorProto>,
+        output: ValueInfoProto,
+    ) -> ModelProto {
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                name: "g".into(),
+                node: vec![node],
+                initializer: inits,
+                input: inputs,
+                output: vec![output],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     /// A one-node `MatMulInteger` model: A `u8` of rank `a_rank` ([.., 4, 6]), B an `i8`
@@ -247,36 +479,6 @@ mod tests {
             d
         };
         let (a_dims, b_dims) = (dims(a_rank, [4, 6]), dims(b_rank, [6, 5]));
-        let info = |name: &str, elem: DataType, dims: &[usize]| ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: elem as i32,
-                    shape: Some(TensorShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|&d| tensor_shape_proto::Dimension {
-                                value: Some(tensor_shape_proto::dimension::Value::DimValue(
-                                    d as i64,
-                                )),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let int = |name: &str, dt: DataType, dims: &[usize]| TensorProto {
-            name: name.into(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: dt as i32,
-            int32_data: (0..dims.iter().product::<usize>())
-                .map(|i| (i * 7 % 11) as i32 - 5)
-                .collect(),
-            ..Default::default()
-        };
         let mut inits = vec![int("b", DataType::Int8, &b_dims)];
         let mut inputs = vec![info("a", DataType::Uint8, &a_dims)];
         let zp_dims = |len: usize| if len == 0 { vec![] } else { vec![len] };
@@ -292,28 +494,14 @@ mod tests {
         }
         let mut out_dims = vec![2; a_rank.max(b_rank) - 2];
         out_dims.extend([4, 5]);
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(GraphProto {
-                name: "g".into(),
-                node: vec![NodeProto {
-                    op_type: "MatMulInteger".into(),
-                    name: "mm".into(),
-                    input: names.iter().map(|s| s.to_string()).collect(),
-                    output: vec!["y".into()],
-                    ..Default::default()
-                }],
-                initializer: inits,
-                input: inputs,
-                output: vec![info("y", DataType::Int32, &out_dims)],
-                ..Default::default()
-            }),
+        let node = NodeProto {
+            op_type: "MatMulInteger".into(),
+            name: "mm".into(),
+            input: names.iter().map(|s| s.to_string()).collect(),
+            output: vec!["y".into()],
             ..Default::default()
-        }
+        };
+        model(node, inputs, inits, info("y", DataType::Int32, &out_dims))
     }
 
     /// Ranks (A's with B's, equal or broadcast) and zero points (absent, skipped with "",
@@ -329,7 +517,7 @@ mod tests {
                     let typed = |ours: bool| {
                         let mut onnx = tract_onnx::onnx();
                         if ours {
-                            register(&mut onnx.op_register);
+                            register(&mut onnx.op_register, false);
                         }
                         onnx.model_for_proto_model(&proto)?.into_typed()
                     };
@@ -353,7 +541,7 @@ mod tests {
         let error = |ours: bool| {
             let mut onnx = tract_onnx::onnx();
             if ours {
-                register(&mut onnx.op_register);
+                register(&mut onnx.op_register, false);
             }
             let typed = onnx
                 .model_for_proto_model(&proto)
@@ -363,5 +551,241 @@ mod tests {
         let ours = error(true);
         assert!(ours.contains("Wrong input number"), "{ours}");
         assert_eq!(ours, error(false));
+    }
+
+    /// A float initializer, values `seed`-dependent in about [-1, 1].
+    fn floats(name: &str, dims: &[usize], seed: usize) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            float_data: (0..dims.iter().product::<usize>())
+                .map(|i| ((i * 37 + seed * 11) % 23) as f32 / 11.0 - 1.0)
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// tract-onnx's typing of a proto, with our parsers (our ops included) when `ours`.
+    fn typed_proto(proto: &ModelProto, ours: bool) -> TypedModel {
+        let mut onnx = tract_onnx::onnx();
+        if ours {
+            register(&mut onnx.op_register, true);
+        }
+        onnx.model_for_proto_model(proto)
+            .and_then(|m| m.into_typed())
+            .unwrap()
+    }
+
+    fn run(model: &TypedModel, x: &Tensor) -> Vec<f32> {
+        let plan = model.clone().into_runnable().unwrap();
+        let out = plan.run(tvec!(x.clone().into_tvalue())).unwrap();
+        let out = out[0].cast_to::<f32>().unwrap();
+        out.try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec()
+    }
+
+    /// `LayerNormalization` over the last axis with constant scale (and bias) is one
+    /// AddLayerNorm node computing what tract's expansion computes (to 1e-5); every other form
+    /// (another axis, extra outputs, scale not a constant, statistics in f64) is typed exactly
+    /// as tract-onnx types it.
+    #[test]
+    fn layer_norm_forms() {
+        const N: usize = 20;
+        let x_info = || info("x", DataType::Float, &[2, 3, N]);
+        let y_info = || info("y", DataType::Float, &[2, 3, N]);
+        let x: Tensor = tract_ndarray::Array3::from_shape_fn((2, 3, N), |(a, b, c)| {
+            ((a * 7 + b * 5 + c * 3) % 17) as f32 * 0.3 - 2.0
+        })
+        .into();
+        let attr_i = |name: &str, i: i64| AttributeProto {
+            name: name.into(),
+            r#type: attribute_proto::AttributeType::Int as i32,
+            i,
+            ..Default::default()
+        };
+        let attr_f = |name: &str, f: f32| AttributeProto {
+            name: name.into(),
+            r#type: attribute_proto::AttributeType::Float as i32,
+            f,
+            ..Default::default()
+        };
+        struct Case {
+            what: &'static str,
+            inputs: Vec<&'static str>,
+            outputs: Vec<&'static str>,
+            attrs: Vec<AttributeProto>,
+            /// scale as a graph input instead of an initializer
+            scale_input: bool,
+            ours: bool,
+            eps: f32,
+        }
+        let case = |what, inputs: &[&'static str], attrs, ours, eps| Case {
+            what,
+            inputs: inputs.to_vec(),
+            outputs: vec!["y"],
+            attrs,
+            scale_input: false,
+            ours,
+            eps,
+        };
+        let cases = vec![
+            case("plain", &["x", "s", "b"], vec![], true, 1e-5),
+            case("no bias", &["x", "s"], vec![], true, 1e-5),
+            case(
+                "axis 2 of 3",
+                &["x", "s", "b"],
+                vec![attr_i("axis", 2)],
+                true,
+                1e-5,
+            ),
+            case(
+                "epsilon",
+                &["x", "s", "b"],
+                vec![attr_f("epsilon", 1e-12)],
+                true,
+                1e-12,
+            ),
+            case(
+                "axis 1",
+                &["x", "s2", "b2"],
+                vec![attr_i("axis", 1)],
+                false,
+                0.0,
+            ),
+            case(
+                "stash f64",
+                &["x", "s", "b"],
+                vec![attr_i("stash_type", 11)],
+                false,
+                0.0,
+            ),
+            Case {
+                outputs: vec!["y", "mean"],
+                ..case("mean output", &["x", "s", "b"], vec![], false, 0.0)
+            },
+            Case {
+                scale_input: true,
+                ..case("scale an input", &["x", "s", "b"], vec![], false, 0.0)
+            },
+        ];
+        for c in cases {
+            let mut inits = vec![
+                floats("b", &[N], 2),
+                floats("s2", &[3, N], 3),
+                floats("b2", &[3, N], 4),
+            ];
+            let mut inputs = vec![x_info()];
+            if c.scale_input {
+                inputs.push(info("s", DataType::Float, &[N]));
+            } else {
+                inits.push(floats("s", &[N], 1));
+            }
+            let node = NodeProto {
+                op_type: "LayerNormalization".into(),
+                name: "ln".into(),
+                input: c.inputs.iter().map(|s| s.to_string()).collect(),
+                output: c.outputs.iter().map(|s| s.to_string()).collect(),
+                attribute: c.attrs,
+                ..Default::default()
+            };
+            let proto = model(node, inputs, inits, y_info());
+            let (theirs, ours) = (typed_proto(&proto, false), typed_proto(&proto, true));
+            let what = c.what;
+            let norms: Vec<&AddLayerNorm> = ours
+                .nodes
+                .iter()
+                .filter_map(|n| n.op_as::<AddLayerNorm>())
+                .collect();
+            if !c.ours {
+                assert!(norms.is_empty(), "{what}");
+                assert_same_graph(&theirs, &ours, what);
+                continue;
+            }
+            assert_eq!(norms.len(), 1, "{what}: {ours}");
+            assert_eq!(norms[0].eps, c.eps, "{what}");
+            assert_eq!(norms[0].beta.is_some(), c.inputs.len() == 3, "{what}");
+            assert!(ours.nodes.iter().all(|n| n.op.name() != "Rsqrt"), "{what}");
+            let (want, got) = (run(&theirs, &x), run(&ours, &x));
+            assert_eq!(want.len(), 2 * 3 * N);
+            let diff = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{what}: max difference {diff}");
+        }
+    }
+
+    /// On the fixtures' graphs (fp32 and int8, every head, the trained MiniLM too), typing
+    /// LayerNorms as AddLayerNorm at parse time ends, after the int8 fusion and our ops, in the
+    /// same graph as tract's typing followed by the rewrite: the same ops installed and the
+    /// same outputs, bit for bit.
+    #[test]
+    fn fixtures_end_in_the_same_ops() {
+        use crate::ops::{fuse_transformer_ops, OpsOptions};
+        let mut files: Vec<String> = ["discriminator", "classifier", "tagger", "encoder"]
+            .iter()
+            .flat_map(|h| {
+                ["model.onnx", "model.fp32.onnx"].map(|f| format!("electra-tiny-zh/{h}/{f}"))
+            })
+            .collect();
+        files.push("electra-small-zh/discriminator/model.onnx".into());
+        files.push("minilm-l6/model.onnx".into());
+        for rel in files {
+            let path = fixture(&rel);
+            let opts = OpsOptions {
+                kernel: None,
+                threads: 2,
+            };
+            let ready = |ours: Option<bool>| {
+                let mut m = typed(&path, ours);
+                crate::int8::fuse_quantized_matmuls(&mut m).unwrap();
+                let report = fuse_transformer_ops(&mut m, &opts).unwrap();
+                (m, report)
+            };
+            let (theirs, their_report) = ready(None);
+            let (ours, our_report) = ready(Some(true));
+            assert!(our_report.layer_norms > 0, "{rel}: {our_report:?}");
+            assert_eq!(our_report, their_report, "{rel}");
+            let count =
+                |m: &TypedModel| m.nodes.iter().filter(|n| n.op_is::<AddLayerNorm>()).count();
+            assert_eq!(count(&ours), our_report.layer_norms, "{rel}");
+            let inputs = |m: &TypedModel, seq: usize| -> TVec<TValue> {
+                m.input_outlets()
+                    .unwrap()
+                    .iter()
+                    .map(|o| {
+                        let name = &m.node(o.node).name;
+                        let t: Tensor = tract_ndarray::Array2::from_shape_fn((1, seq), |(_, j)| {
+                            if name.contains("mask") {
+                                (j + 2 < seq) as i64
+                            } else if name.contains("type") {
+                                0
+                            } else {
+                                (100 + 37 * j as i64) % 5000
+                            }
+                        })
+                        .into();
+                        t.into_tvalue()
+                    })
+                    .collect()
+            };
+            let plans =
+                [theirs, ours].map(|m| m.into_optimized().unwrap().into_runnable().unwrap());
+            for seq in [3, 17] {
+                let outs: Vec<_> = plans
+                    .iter()
+                    .map(|p| p.run(inputs(p.model(), seq)).unwrap())
+                    .collect();
+                assert_eq!(outs[0].len(), outs[1].len());
+                for (a, b) in outs[0].iter().zip(&outs[1]) {
+                    assert_eq!(a, b, "{rel}, {seq} tokens");
+                }
+            }
+        }
     }
 }

@@ -110,7 +110,7 @@ pub struct PackReport {
 pub fn pack(onnx: &Path, out: &Path) -> Result<PackReport> {
     let decoded = decode(onnx)?;
     let fingerprint = decoded.fingerprint();
-    let (mut typed, _) = parse_typed(onnx, &decoded, None)?;
+    let (mut typed, _) = parse_typed(onnx, &decoded, None, false)?;
     drop(decoded);
     let report = crate::int8::fuse_quantized_matmuls_from(&mut typed, &Default::default(), None)
         .map_err(|e| anyhow!("{}: int8 fusion failed: {e:#}", onnx.display()))?;

@@ -33,4 +33,5 @@ mod tests;
 pub use attention::Attention;
 pub use kernels::{attention_f32, AttnDims, MaskView, OpsKernel};
 pub use norm::{AddLayerNorm, Gelu};
+pub(crate) use rewrite::enabled;
 pub use rewrite::{fuse_transformer_ops, OpsOptions, OpsReport, OPS_ENV};

@@ -73,7 +73,8 @@ pub struct OpsReport {
 /// (comma-separated: `attention`, `layernorm`, `gelu`); for comparisons.
 pub const OPS_ENV: &str = "ELECTRA_EDGE_OPS";
 
-fn enabled(what: &str) -> bool {
+/// Whether the rewrite `what` (`attention`, `layernorm`, `gelu`) is on ([`OPS_ENV`]).
+pub(crate) fn enabled(what: &str) -> bool {
     match std::env::var(OPS_ENV) {
         Ok(v) if !v.trim().is_empty() => v.split(',').any(|p| p.trim().eq_ignore_ascii_case(what)),
         _ => true,
@@ -270,6 +271,41 @@ fn fuse_layer_norms(
         patch.apply(model)?;
         report.layer_norms += 1;
         report.residual_adds += fused_add as usize;
+    }
+    // the loader's parser already typed plain LayerNorms as AddLayerNorm (one input, the
+    // calling thread, best kernel: `model::onnx_ops`): give them the options, and the
+    // residual add before, on the same conditions as above
+    let parsed: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.inputs.len() == 1 && n.op_is::<AddLayerNorm>())
+        .map(|n| n.id)
+        .collect();
+    for id in parsed {
+        let x = model.node(id).inputs[0];
+        let xf = model.outlet_fact(x)?.clone();
+        let xn = producer(model, x);
+        let residual = bin_is::<Add>(xn)
+            && model.outlet_successors(x).len() == 1
+            && xf.datum_type == f32::datum_type()
+            && xn.inputs.iter().all(|i| {
+                model
+                    .outlet_fact(*i)
+                    .is_ok_and(|f| f.shape == xf.shape && f.datum_type == f32::datum_type())
+            });
+        if residual {
+            let sum = xn.inputs.clone();
+            for (slot, &input) in sum.iter().enumerate() {
+                model.add_edge(input, InletId::new(id, slot))?;
+            }
+        }
+        let Some(op) = model.node_mut(id).op_as_mut::<AddLayerNorm>() else {
+            continue;
+        };
+        op.kernel = opts.kernel;
+        op.threads = opts.threads.max(1);
+        report.layer_norms += 1;
+        report.residual_adds += residual as usize;
     }
     Ok(())
 }
