@@ -5,6 +5,7 @@
 # onnxruntime int8, time-to-ready and memory. Prints a markdown table.
 #
 #   benches/compare.sh [--model DIR] [--seqs 8,32,128,512] [--runs 30] [--slow-runs 3] [--rounds 1]
+#       [--configs ours-int8,ours-int8-heap,ours-int8-t2,ours-fp32,tract-int8]   (ours; onnxruntime: always both)
 #
 # --rounds N runs everything N times, ours and onnxruntime in turn, and keeps each path's best
 # round per length (minimum CPU time, fastest median, quickest ready): on a host whose speed
@@ -20,6 +21,7 @@ SEQS=8,32,128,512
 RUNS=30
 SLOW_RUNS=3
 ROUNDS=1
+CONFIGS=ours-int8,ours-int8-heap,ours-int8-t2,ours-fp32,tract-int8
 while [ $# -gt 0 ]; do
     case "$1" in
         --model) MODEL=$2; shift 2 ;;
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
         --runs) RUNS=$2; shift 2 ;;
         --slow-runs) SLOW_RUNS=$2; shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
+        --configs) CONFIGS=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -37,9 +40,9 @@ fi
 OUT=${OUT:-$(mktemp -t ee-compare.XXXXXX.jsonl)}
 : > "$OUT"
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC') $(uname -m) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# benches/compare.sh --model $MODEL --seqs $SEQS --runs $RUNS --slow-runs $SLOW_RUNS --rounds $ROUNDS"
+echo "# benches/compare.sh --model $MODEL --seqs $SEQS --runs $RUNS --slow-runs $SLOW_RUNS --rounds $ROUNDS --configs $CONFIGS"
 for _ in $(seq "$ROUNDS"); do
-    cargo bench --quiet --bench compare -- --model "$MODEL" --seqs "$SEQS" --runs "$RUNS" --slow-runs "$SLOW_RUNS" >> "$OUT"
+    cargo bench --quiet --bench compare -- --model "$MODEL" --seqs "$SEQS" --runs "$RUNS" --slow-runs "$SLOW_RUNS" --configs "$CONFIGS" >> "$OUT"
     "$PYTHON" benches/compare.py ort --model "$MODEL" --seqs "$SEQS" --runs "$RUNS" >> "$OUT"
 done
 "$PYTHON" -c 'import onnxruntime; print("# onnxruntime", onnxruntime.__version__)'
