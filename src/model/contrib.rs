@@ -773,37 +773,14 @@ fn embed_layer_norm(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::pb::{
-        tensor_shape_proto, type_proto, GraphProto, OperatorSetIdProto, TensorShapeProto,
-        TypeProto, ValueInfoProto,
-    };
+    use crate::model::test_protos::{one_node_model, value_info};
+    use tract_onnx::pb::{GraphProto, OperatorSetIdProto, ValueInfoProto};
     use tract_onnx::prelude::*;
 
     const S: usize = 5;
     const IN: usize = 8;
     const HEADS: usize = 2;
     const HID: usize = 8;
-
-    fn value_info(name: &str, elem: DataType, dims: &[usize]) -> ValueInfoProto {
-        let dim = dims
-            .iter()
-            .map(|&d| tensor_shape_proto::Dimension {
-                value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-                ..Default::default()
-            })
-            .collect();
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: elem as i32,
-                    shape: Some(TensorShapeProto { dim }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
 
     fn tensor(name: &str, dims: &[usize], dt: DataType, vals: &[f32]) -> TensorProto {
         let mut t = TensorProto {
@@ -1126,21 +1103,12 @@ mod tests {
                 Tensor::from_shape(&[2, n, k], &b).unwrap(),
             ),
         ];
-        let mut model = ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(GraphProto {
-                name: "g".into(),
-                node: vec![node(true)],
-                input: inputs.iter().map(|(v, _)| v.clone()).collect(),
-                output: vec![value_info("y", DataType::Float, &[2, m, n])],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut model = one_node_model(
+            node(true),
+            inputs.iter().map(|(v, _)| v.clone()).collect(),
+            vec![],
+            value_info("y", DataType::Float, &[2, m, n]),
+        );
         let mut unknown = model.clone();
         expand_contrib_ops(&mut model, &[]).unwrap();
         let plan = tract_onnx::onnx()

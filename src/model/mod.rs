@@ -56,6 +56,8 @@ mod decode;
 mod inputs;
 mod memory;
 mod onnx_ops;
+#[cfg(test)]
+mod test_protos;
 mod weights;
 
 use std::path::{Path, PathBuf};

@@ -165,27 +165,8 @@ impl Expansion for LayerNormalization {
         Expansion::rules(self.tract.as_ref(), s, inputs, outputs)
     }
 
-    fn wire_with_inference_model_and_node(
-        &self,
-        prefix: &str,
-        model: &InferenceModel,
-        node: &InferenceNode,
-        target: &mut TypedModel,
-        inputs: &[OutletId],
-    ) -> TractResult<TVec<OutletId>> {
-        match self.as_ours(target, inputs)? {
-            Some(op) => target.wire_node(format!("{prefix}.add_layer_norm"), op, &inputs[..1]),
-            None => Expansion::wire_with_inference_model_and_node(
-                self.tract.as_ref(),
-                prefix,
-                model,
-                node,
-                target,
-                inputs,
-            ),
-        }
-    }
-
+    // (tract-onnx's LayerNorm wires through `wire` only: the default
+    // `wire_with_inference_model_and_node` calls this)
     fn wire(
         &self,
         prefix: &str,
@@ -342,6 +323,7 @@ mod tests {
     use tract_onnx::pb::tensor_proto::DataType;
     use tract_onnx::pb::*;
 
+    use crate::model::test_protos::{one_node_model, value_info as info};
     use crate::testutil::fixture;
 
     /// tract-onnx's parse and typing of a model (inputs `[1, S]`, as the loader binds them),
@@ -410,27 +392,6 @@ mod tests {
         assert!(einsums > 75, "{einsums} quantized EinSums compared");
     }
 
-    fn info(name: &str, elem: DataType, dims: &[usize]) -> ValueInfoProto {
-        let dim = dims
-            .iter()
-            .map(|&d| tensor_shape_proto::Dimension {
-                value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-                ..Default::default()
-            })
-            .collect();
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: elem as i32,
-                    shape: Some(TensorShapeProto { dim }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
     /// An initializer of small integers (as int32_data, whatever `dt`).
     fn int(name: &str, dt: DataType, dims: &[usize]) -> TensorProto {
         TensorProto {
@@ -440,31 +401,6 @@ mod tests {
             int32_data: (0..dims.iter().product::<usize>())
                 .map(|i| (i * 7 % 11) as i32 - 5)
                 .collect(),
-            ..Default::default()
-        }
-    }
-
-    /// A one-node model.
-    fn model(
-        node: NodeProto,
-        inputs: Vec<ValueInfoProto>,
-        inits: Vec<TensorProto>,
-        output: ValueInfoProto,
-    ) -> ModelProto {
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(GraphProto {
-                name: "g".into(),
-                node: vec![node],
-                initializer: inits,
-                input: inputs,
-                output: vec![output],
-                ..Default::default()
-            }),
             ..Default::default()
         }
     }
@@ -501,7 +437,7 @@ mod tests {
             output: vec!["y".into()],
             ..Default::default()
         };
-        model(node, inputs, inits, info("y", DataType::Int32, &out_dims))
+        one_node_model(node, inputs, inits, info("y", DataType::Int32, &out_dims))
     }
 
     /// Ranks (A's with B's, equal or broadcast) and zero points (absent, skipped with "",
@@ -692,7 +628,7 @@ mod tests {
                 attribute: c.attrs,
                 ..Default::default()
             };
-            let proto = model(node, inputs, inits, y_info());
+            let proto = one_node_model(node, inputs, inits, y_info());
             let (theirs, ours) = (typed_proto(&proto, false), typed_proto(&proto, true));
             let what = c.what;
             let norms: Vec<&AddLayerNorm> = ours
