@@ -1,0 +1,69 @@
+//! Throughput of our attention kernel (`ops::attention_f32`), ELECTRA-small's shape (4 heads
+//! of 64), one batch, no mask, in GFLOP/s of its two products (`Q K^T` and `P V`: 4 x seq^2 x
+//! 256 flops) and ms per call, best of the calls that fit a time budget, thread CPU time.
+//!
+//! `cargo bench --bench attention [-- --seqs 128,512] [--kernel simd|scalar]`
+
+use electra_edge::ops::{attention_f32, AttnDims, OpsKernel};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+#[path = "../src/testutil.rs"]
+mod testutil;
+use testutil::XorShift;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let seqs: Vec<usize> = arg("--seqs")
+        .unwrap_or_else(|| "32,128,512".into())
+        .split(',')
+        .map(|s| s.parse().expect("--seqs: numbers"))
+        .collect();
+    let kernel = match arg("--kernel").as_deref() {
+        Some("scalar") => OpsKernel::Scalar,
+        _ => OpsKernel::best(),
+    };
+    let (heads, head_dim) = (4, 64);
+    let mut rng = XorShift::new(7);
+    println!("kernel {kernel:?}, {heads} heads x {head_dim}, one thread");
+    println!("| seq | ms per call | GFLOP/s |");
+    println!("| --- | --- | --- |");
+    for seq in seqs {
+        let n = seq * heads * head_dim;
+        let mut values = |n: usize| (0..n).map(|_| rng.f32(-1.0, 1.0)).collect::<Vec<f32>>();
+        let (q, k, v) = (values(n), values(n), values(n));
+        let mut out = vec![0f32; n];
+        let dims = AttnDims {
+            batch: 1,
+            seq_q: seq,
+            seq_k: seq,
+            heads,
+            head_dim,
+        };
+        let mut call = || {
+            attention_f32(kernel, &q, &k, &v, None, dims, 0.125, false, &mut out, 1);
+            black_box(&out);
+        };
+        call();
+        let (start, mut best) = (Instant::now(), f64::MAX);
+        let mut calls = 0;
+        while calls < 5 || (start.elapsed() < Duration::from_secs(2) && calls < 10_000) {
+            let c0 = electra_edge::cputime::thread_s();
+            let t = Instant::now();
+            call();
+            let s = match (c0, electra_edge::cputime::thread_s()) {
+                (Some(a), Some(b)) => b - a,
+                _ => t.elapsed().as_secs_f64(),
+            };
+            best = best.min(s);
+            calls += 1;
+        }
+        let flops = 4.0 * (seq * seq * heads * head_dim) as f64;
+        println!("| {seq} | {:.3} | {:.1} |", best * 1e3, flops / best / 1e9);
+    }
+}
