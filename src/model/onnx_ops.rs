@@ -656,6 +656,47 @@ mod tests {
         }
     }
 
+    /// A LayerNorm with no add before it, typed by tract or by our parser: the ops stage counts
+    /// and installs it once, with its options, and folds no add.
+    #[test]
+    fn a_layer_norm_alone_is_one_op() {
+        use crate::ops::{fuse_transformer_ops, OpsOptions, OpsReport};
+        const N: usize = 20;
+        let node = NodeProto {
+            op_type: "LayerNormalization".into(),
+            name: "ln".into(),
+            input: vec!["x".into(), "s".into(), "b".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        };
+        let proto = one_node_model(
+            node,
+            vec![info("x", DataType::Float, &[1, 5, N])],
+            vec![floats("s", &[N], 1), floats("b", &[N], 2)],
+            info("y", DataType::Float, &[1, 5, N]),
+        );
+        for ours in [false, true] {
+            let mut m = typed_proto(&proto, ours);
+            let opts = OpsOptions {
+                kernel: None,
+                threads: 3,
+            };
+            let report = fuse_transformer_ops(&mut m, &opts).unwrap();
+            let want = OpsReport {
+                layer_norms: 1,
+                ..Default::default()
+            };
+            assert_eq!(report, want, "ours: {ours}");
+            let norms: Vec<&AddLayerNorm> = m
+                .nodes
+                .iter()
+                .filter_map(|n| n.op_as::<AddLayerNorm>())
+                .collect();
+            assert_eq!(norms.len(), 1, "ours: {ours}: {m}");
+            assert_eq!(norms[0].threads, 3, "ours: {ours}");
+        }
+    }
+
     /// On the fixtures' graphs (fp32 and int8, every head, the trained MiniLM too), typing
     /// LayerNorms as AddLayerNorm at parse time ends, after the int8 fusion and our ops, in the
     /// same graph as tract's typing followed by the rewrite: the same ops installed and the

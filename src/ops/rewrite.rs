@@ -180,6 +180,14 @@ fn fuse_layer_norms(
     opts: &OpsOptions,
     report: &mut OpsReport,
 ) -> TractResult<()> {
+    // AddLayerNorm nodes typed at parse time (one input, the calling thread, best kernel:
+    // `model::onnx_ops`), taken before the expansions below become more of them
+    let parsed: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.inputs.len() == 1 && n.op_is::<AddLayerNorm>())
+        .map(|n| n.id)
+        .collect();
     let by_name: HashMap<String, usize> = model
         .nodes()
         .iter()
@@ -272,15 +280,9 @@ fn fuse_layer_norms(
         report.layer_norms += 1;
         report.residual_adds += fused_add as usize;
     }
-    // the loader's parser already typed plain LayerNorms as AddLayerNorm (one input, the
-    // calling thread, best kernel: `model::onnx_ops`): give them the options, and the
-    // residual add before, on the same conditions as above
-    let parsed: Vec<usize> = model
-        .nodes()
-        .iter()
-        .filter(|n| n.inputs.len() == 1 && n.op_is::<AddLayerNorm>())
-        .map(|n| n.id)
-        .collect();
+    // the loader's parser already typed plain LayerNorms as AddLayerNorm (found above, before
+    // this stage added its own): give them the options, and the residual add before, on the
+    // same conditions as above
     for id in parsed {
         let x = model.node(id).inputs[0];
         let xf = model.outlet_fact(x)?.clone();
