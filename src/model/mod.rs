@@ -3,7 +3,9 @@
 //! Loading: the file is memory-mapped and decoded (onnxruntime's `com.microsoft` ops, as its
 //! optimizer and `quantize_dynamic` write them, replaced by standard ONNX nodes: `contrib`),
 //! parsed by tract-onnx (ignoring the exporter's `value_info`, whose symbolic
-//! `batch`/`sequence` dims would otherwise clash with ours), given inputs `[B, S]` with symbolic
+//! `batch`/`sequence` dims would otherwise clash with ours; `MatMulInteger` and, with our
+//! transformer ops, `LayerNormalization` through our own parsers: `onnx_ops`, which type them
+//! into fewer nodes, faster), given inputs `[B, S]` with symbolic
 //! batch and sequence lengths, pruned to the one output the task needs, and optimized **once**:
 //! every length up to the model's positions runs through the same plan without re-optimizing.
 //! Everything else in the crate sees only [`Model::run`].

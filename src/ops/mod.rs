@@ -8,7 +8,9 @@
 //!   row; [`norm::Gelu`]: torch's erf GELU in one pass, or folded into the int8 matmul that
 //!   feeds it ([`crate::int8::QMatMul::gelu`]).
 //! * [`fuse_transformer_ops`]: the typed-graph rewrite that installs them, run right after
-//!   the int8 fusion ([`crate::int8::fuse_quantized_matmuls_from`]), before declutter.
+//!   the int8 fusion ([`crate::int8::fuse_quantized_matmuls_from`]), before declutter (the
+//!   loader's own `LayerNormalization` parser already types plain LayerNorms as
+//!   [`norm::AddLayerNorm`]; the rewrite then gives them their options and residual add).
 //! * [`guard`]: tract's parse, typing and optimisation under `catch_unwind`; a panic becomes
 //!   one error naming the node and op when known.
 //!
