@@ -6,11 +6,14 @@
 
 use electra_edge::ops::{attention_f32, AttnDims, OpsKernel};
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "../src/testutil.rs"]
 mod testutil;
 use testutil::XorShift;
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -45,24 +48,11 @@ fn main() {
             heads,
             head_dim,
         };
-        let mut call = || {
+        let call = || {
             attention_f32(kernel, &q, &k, &v, None, dims, 0.125, false, &mut out, 1);
             black_box(&out);
         };
-        call();
-        let (start, mut best) = (Instant::now(), f64::MAX);
-        let mut calls = 0;
-        while calls < 5 || (start.elapsed() < Duration::from_secs(2) && calls < 10_000) {
-            let c0 = electra_edge::cputime::thread_s();
-            let t = Instant::now();
-            call();
-            let s = match (c0, electra_edge::cputime::thread_s()) {
-                (Some(a), Some(b)) => b - a,
-                _ => t.elapsed().as_secs_f64(),
-            };
-            best = best.min(s);
-            calls += 1;
-        }
+        let best = time(Duration::from_secs(2), true, call);
         let flops = 4.0 * (seq * seq * heads * head_dim) as f64;
         println!("| {seq} | {:.3} | {:.1} |", best * 1e3, flops / best / 1e9);
     }

@@ -15,37 +15,14 @@
 
 use electra_edge::int8::{pack_weights, qgemm_f32, quantized_matmul_f32, Kernel};
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "../src/testutil.rs"]
 mod testutil;
 use testutil::XorShift;
-
-/// Best (minimum) seconds per call over calls until `budget` is spent (at least 5 calls): the
-/// host is shared, the minimum is the most stable statistic. With `cpu`, the calling thread's
-/// CPU time rather than wall time (not counting time the thread was descheduled: only
-/// meaningful for one thread).
-fn time(budget: Duration, cpu: bool, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    let clock = || {
-        if cpu {
-            electra_edge::cputime::thread_s()
-        } else {
-            None
-        }
-    };
-    while samples.len() < 5 || (start.elapsed() < budget && samples.len() < 10_000) {
-        let (t, c) = (Instant::now(), clock());
-        f();
-        samples.push(match (c, clock()) {
-            (Some(c0), Some(c1)) => c1 - c0,
-            _ => t.elapsed().as_secs_f64(),
-        });
-    }
-    samples.iter().cloned().fold(f64::MAX, f64::min)
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 /// `y = x * w` f32, `x [M,K]`, `w [K,N]`: 4 rows x 16 columns blocks, k inner.
 #[inline(always)]

@@ -527,10 +527,17 @@ fn match_chain(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
 /// the loader binds them, without the loader's memory tricks.
 #[cfg(test)]
 pub(crate) fn typed_for_tests(path: impl AsRef<std::path::Path>) -> TractResult<TypedModel> {
+    typed_for_tests_with(tract_onnx::onnx(), path)
+}
+
+/// [`typed_for_tests`] with this tract-onnx (e.g. a registry with some parsers replaced).
+#[cfg(test)]
+pub(crate) fn typed_for_tests_with(
+    parser: tract_onnx::Onnx,
+    path: impl AsRef<std::path::Path>,
+) -> TractResult<TypedModel> {
     use tract_onnx::prelude::*;
-    let mut model = tract_onnx::onnx()
-        .with_ignore_value_info(true)
-        .model_for_path(path)?;
+    let mut model = parser.with_ignore_value_info(true).model_for_path(path)?;
     let s = model.symbols.sym("S");
     for ix in 0..model.input_outlets()?.len() {
         model.set_input_fact(ix, i64::fact([1.to_dim(), s.to_dim()]).into())?;

@@ -834,34 +834,19 @@ mod tests {
         Ok((y.iter().copied().collect(), fused))
     }
 
-    /// A one-node model with output `y` `[1, S, HID]`.
+    /// A one-node model with output `y` `[1, S, HID]`, onnxruntime's domain imported.
     fn model_of(
         node: NodeProto,
         inputs: Vec<ValueInfoProto>,
         inits: Vec<TensorProto>,
     ) -> ModelProto {
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![
-                OperatorSetIdProto {
-                    domain: String::new(),
-                    version: 17,
-                },
-                OperatorSetIdProto {
-                    domain: MS.into(),
-                    version: 1,
-                },
-            ],
-            graph: Some(GraphProto {
-                name: "g".into(),
-                node: vec![node],
-                initializer: inits,
-                input: inputs,
-                output: vec![value_info("y", DataType::Float, &[1, S, HID])],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        let y = value_info("y", DataType::Float, &[1, S, HID]);
+        let mut model = one_node_model(node, inputs, inits, y);
+        model.opset_import.push(OperatorSetIdProto {
+            domain: MS.into(),
+            version: 1,
+        });
+        model
     }
 
     /// The loader leaves big initializers out of the decoded model and passes their names

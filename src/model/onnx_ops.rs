@@ -14,7 +14,6 @@
 //!   anyway (`ops::rewrite::fuse_layer_norms`, which then also folds the residual add before
 //!   it); every other form is tract-onnx's own expansion.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use tract_onnx::model::{optional_inputs, optional_outputs, OnnxOpRegister, ParsingContext};
@@ -269,14 +268,14 @@ impl Expansion for MatMulInteger {
 /// The axes mapping of a quantized matmul `EinSum` with inputs of these ranks, derived once per
 /// combination of ranks.
 fn matmul_axes(ranks: &[usize]) -> TractResult<AxesMapping> {
-    static DERIVED: Mutex<Option<HashMap<Vec<usize>, AxesMapping>>> = Mutex::new(None);
+    // one or two combinations per model: a list is enough
+    static DERIVED: Mutex<Vec<(Vec<usize>, AxesMapping)>> = Mutex::new(Vec::new());
     let mut derived = DERIVED.lock().unwrap_or_else(|p| p.into_inner());
-    let derived = derived.get_or_insert_with(HashMap::new);
-    if let Some(axes) = derived.get(ranks) {
+    if let Some((_, axes)) = derived.iter().find(|(r, _)| r == ranks) {
         return Ok(axes.clone());
     }
     let axes = derive_matmul_axes(ranks)?;
-    derived.insert(ranks.to_vec(), axes.clone());
+    derived.push((ranks.to_vec(), axes.clone()));
     Ok(axes)
 }
 
@@ -329,17 +328,11 @@ mod tests {
     /// tract-onnx's parse and typing of a model (inputs `[1, S]`, as the loader binds them),
     /// with our parsers when `ours` (`Some(our_ops)`).
     fn typed(path: &std::path::Path, ours: Option<bool>) -> TypedModel {
-        let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let mut onnx = tract_onnx::onnx();
         if let Some(our_ops) = ours {
             register(&mut onnx.op_register, our_ops);
         }
-        let mut model = onnx.model_for_path(path).unwrap();
-        let s = model.symbols.sym("S");
-        for ix in 0..model.inputs.len() {
-            let fact = i64::fact([1.to_dim(), s.to_dim()]);
-            model.set_input_fact(ix, fact.into()).unwrap();
-        }
-        model.into_typed().unwrap()
+        crate::int8::op::typed_for_tests_with(onnx, path).unwrap()
     }
 
     /// The same nodes, names, inputs, output facts (constants' values included) and ops, the

@@ -249,18 +249,7 @@ fn fuse_layer_norms(
             continue;
         }
         // the residual add before, when the sum is used by this LayerNorm only
-        let xn = producer(model, x);
-        let mut inputs = tvec![x];
-        if bin_is::<Add>(xn)
-            && model.outlet_successors(x).len() == 1
-            && xn.inputs.iter().all(|i| {
-                model
-                    .outlet_fact(*i)
-                    .is_ok_and(|f| f.shape == xf.shape && f.datum_type == f32::datum_type())
-            })
-        {
-            inputs = xn.inputs.iter().copied().collect();
-        }
+        let inputs = residual_sum(model, x)?.unwrap_or_else(|| tvec![x]);
         let op = AddLayerNorm {
             gamma: gamma.into(),
             beta: beta.map(Into::into),
@@ -284,22 +273,10 @@ fn fuse_layer_norms(
     // this stage added its own): give them the options, and the residual add before, on the
     // same conditions as above
     for id in parsed {
-        let x = model.node(id).inputs[0];
-        let xf = model.outlet_fact(x)?.clone();
-        let xn = producer(model, x);
-        let residual = bin_is::<Add>(xn)
-            && model.outlet_successors(x).len() == 1
-            && xf.datum_type == f32::datum_type()
-            && xn.inputs.iter().all(|i| {
-                model
-                    .outlet_fact(*i)
-                    .is_ok_and(|f| f.shape == xf.shape && f.datum_type == f32::datum_type())
-            });
-        if residual {
-            let sum = xn.inputs.clone();
-            for (slot, &input) in sum.iter().enumerate() {
-                model.add_edge(input, InletId::new(id, slot))?;
-            }
+        let sum = residual_sum(model, model.node(id).inputs[0])?;
+        let residual = sum.is_some();
+        for (slot, &input) in sum.iter().flatten().enumerate() {
+            model.add_edge(input, InletId::new(id, slot))?;
         }
         let Some(op) = model.node_mut(id).op_as_mut::<AddLayerNorm>() else {
             continue;
@@ -310,6 +287,22 @@ fn fuse_layer_norms(
         report.residual_adds += residual as usize;
     }
     Ok(())
+}
+
+/// The two inputs of the residual `Add` producing the LayerNorm input `x`, when that sum is
+/// used by the LayerNorm only and adds two f32 tensors of `x`'s shape (no broadcasting).
+fn residual_sum(model: &TypedModel, x: OutletId) -> TractResult<Option<TVec<OutletId>>> {
+    let xf = model.outlet_fact(x)?;
+    let xn = producer(model, x);
+    let fits = bin_is::<Add>(xn)
+        && model.outlet_successors(x).len() == 1
+        && xf.datum_type == f32::datum_type()
+        && xn.inputs.iter().all(|i| {
+            model
+                .outlet_fact(*i)
+                .is_ok_and(|f| f.shape == xf.shape && f.datum_type == f32::datum_type())
+        });
+    Ok(fits.then(|| xn.inputs.iter().copied().collect()))
 }
 
 /// torch's erf GELU: `Mul(Mul(x, Add(Erf(Div(x, c)), 1)), 0.5)`, into [`Gelu`], or into the
