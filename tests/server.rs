@@ -508,6 +508,79 @@ fn a_listener_that_cannot_accept_any_more_ends_serve_with_an_error() {
 }
 
 #[test]
+fn a_connection_accepted_before_shutdown_is_answered_when_its_line_comes_after() {
+    // The race of `systemctl restart` during a client loop: the old instance accepted the
+    // connection, then got SIGTERM before the client's line arrived.
+    let server = Running::start("drain", |c| c.drain_quiet = Duration::from_millis(800));
+    let mut late = server.client();
+    let mut idle = server.client();
+    // Answered over a third connection, so the two above (earlier in the backlog) are accepted.
+    assert_eq!(server.stats()["connections_total"], 3);
+    // Quiet for longer than drain_quiet before the signal: the quiet time counts from the
+    // signal, not from the connection's last byte.
+    std::thread::sleep(Duration::from_millis(1000));
+    server.shutdown.trigger();
+    std::thread::sleep(Duration::from_millis(300));
+    let a = late.ask(r#"{"id":"late","text":"我爱北京"}"#);
+    assert_eq!(a["id"], "late", "{a}");
+    assert_eq!(code(&a), None, "{a}");
+    assert!(a["tokens"].is_array(), "{a}");
+    // Quiet connections are closed, and serve returns.
+    assert!(late.recv().is_none());
+    assert!(idle.recv().is_none());
+    let report = server.stop();
+    // the stats request and the late one
+    assert_eq!(
+        (report.requests, report.answered, report.unanswered),
+        (2, 2, 0)
+    );
+}
+
+#[test]
+fn a_client_that_keeps_sending_does_not_hold_up_shutdown() {
+    let server = Running::start("drain-limit", |c| {
+        c.drain_quiet = Duration::from_millis(300);
+        c.drain_limit = Duration::from_millis(600);
+    });
+    let mut c = server.client();
+    assert_eq!(c.ask(r#"{"cmd":"ping"}"#)["pong"], true);
+    let mut writer = c.writer.try_clone().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // A request every 50 ms: never quiet for drain_quiet.
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if writer.write_all(b"{\"cmd\":\"ping\"}\n").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    server.shutdown.trigger();
+    let triggered = Instant::now();
+    let mut late_answers = 0;
+    while let Some(a) = c.recv() {
+        assert_eq!(a["pong"], true, "{a}");
+        if triggered.elapsed() >= Duration::from_millis(200) {
+            late_answers += 1;
+        }
+    }
+    // Pings sent during the drain were answered (~8 of them) until the limit closed the stream.
+    assert!(
+        late_answers >= 2,
+        "{late_answers} answers 200 ms or more after the shutdown"
+    );
+    let report = server.stop();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = sender.join();
+    assert_eq!(report.answered, report.requests, "{report:?}");
+    assert_eq!(report.unanswered, 0, "{report:?}");
+}
+
+#[test]
 fn idle_connections_are_closed() {
     let server = Running::start("idle", |c| c.idle_timeout = Duration::from_millis(300));
     let mut c = server.client();

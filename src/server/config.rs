@@ -33,6 +33,13 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// How often blocked readers and the accept loop look at the shutdown flag.
     pub poll_interval: Duration,
+    /// After shutdown, a connection is still read until it has been quiet (no byte received,
+    /// no answer owed) for this long, counted from the shutdown at the earliest: a client that
+    /// connected just before the signal still gets its request in.
+    pub drain_quiet: Duration,
+    /// After shutdown, no connection is read for longer than this (a client that keeps
+    /// sending does not hold the server up).
+    pub drain_limit: Duration,
     /// Stack sizes, set explicitly on every thread the server starts.
     pub reader_stack: usize,
     pub writer_stack: usize,
@@ -59,6 +66,10 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(100),
+            // A client writes its line right after connecting; 1 s covers a slow board under
+            // load. 5 s stays well inside the unit's TimeoutStopSec (30 s).
+            drain_quiet: Duration::from_secs(1),
+            drain_limit: Duration::from_secs(5),
             // A reader parses only lines whose tree is small (`FREE_PARSE_BYTES`), and
             // serde_json stops at 128 levels of nesting: 128 KiB holds that (a test sends a
             // 127-level id); bigger lines go to the parser thread (256 KiB).

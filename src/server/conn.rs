@@ -151,6 +151,10 @@ struct PollingReader<'a> {
 impl Read for PollingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
+            // A client that never pauses is cut off when the drain is over.
+            if self.server.drain_over() {
+                return Err(io::Error::other("shutting down"));
+            }
             match self.stream.read(buf) {
                 Ok(n) => {
                     self.conn.touch();
@@ -165,18 +169,24 @@ impl Read for PollingReader<'_> {
                     ) => {}
                 Err(e) => return Err(e),
             }
-            if self.server.shutdown.is_triggered() {
-                return Err(io::Error::other("shutting down"));
-            }
             if self.conn.closed.load(Ordering::SeqCst) {
                 return Err(io::Error::other("connection closed"));
             }
+            // The reader holds one in-flight slot itself while it reads.
             let waiting_for_answers = *self
                 .conn
                 .in_flight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 > 1;
+            // On shutdown a connection is read on until it is quiet: a client that connected
+            // just before the signal (accepted, its line not yet here) is still answered.
+            if self
+                .server
+                .drained(self.conn.idle_for(), waiting_for_answers)
+            {
+                return Err(io::Error::other("shutting down"));
+            }
             if !waiting_for_answers && self.conn.idle_for() >= self.server.config.idle_timeout {
                 self.server
                     .stats
@@ -216,7 +226,9 @@ fn read_loop(server: &Server, conn: &Arc<Conn>, stream: UnixStream, reply: Sende
             }
             *n += 1;
         }
-        if server.shutdown.is_triggered() || conn.closed.load(Ordering::SeqCst) {
+        // Not on shutdown alone: what the client sent before it goes quiet is still read (see
+        // `PollingReader`).
+        if conn.closed.load(Ordering::SeqCst) {
             conn.release();
             break;
         }

@@ -21,8 +21,9 @@
 //! - **Budget.** [`Budget::measure`] runs one full-size window through the model (the peak of a
 //!   window), reads `VmHWM`, and adds the worst case every limit allows; see [`Budget`].
 //! - **Lifecycle.** [`serve`] returns when its [`Shutdown`] is triggered (by SIGTERM/SIGINT in
-//!   `main`): it stops accepting, stops reading new lines, answers every line already read,
-//!   and returns a [`ServeReport`]. [`SocketFile`] binds the path (replacing a stale socket file,
+//!   `main`): it stops accepting, reads each open connection until it is quiet
+//!   (`drain_quiet`, at most `drain_limit` in all), answers every line read, and returns a
+//!   [`ServeReport`]. [`SocketFile`] binds the path (replacing a stale socket file,
 //!   refusing a live one) and removes it when dropped.
 //!
 //! Micro-batching (`--batch`) is not implemented: the graphs are typed with batch 1 (tract
@@ -41,8 +42,9 @@ mod worker;
 
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
@@ -117,9 +119,33 @@ pub(super) struct Server {
     parse_gate: ParseGate,
     /// Inference requests waiting for a worker.
     queue: FairQueue<Job>,
+    /// When the server first saw its shutdown flag (the drain's clock).
+    draining_since: OnceLock<Instant>,
 }
 
-/// Serves `listener` until `shutdown` is triggered, then answers what was read and returns.
+impl Server {
+    /// Whether connections must stop being read: shutdown was triggered and the drain has
+    /// lasted `drain_limit`.
+    fn drain_over(&self) -> bool {
+        self.shutdown.is_triggered()
+            && self.draining_since.get_or_init(Instant::now).elapsed() >= self.config.drain_limit
+    }
+
+    /// After shutdown, whether a connection's reader is done: the connection has been quiet
+    /// for `drain_quiet` with no answer owed, counted from its last activity (`idle_for`) but
+    /// never from before the shutdown, or the drain is over.
+    fn drained(&self, idle_for: Duration, answers_owed: bool) -> bool {
+        if !self.shutdown.is_triggered() {
+            return false;
+        }
+        let draining_for = self.draining_since.get_or_init(Instant::now).elapsed();
+        self.drain_over()
+            || (!answers_owed && idle_for.min(draining_for) >= self.config.drain_quiet)
+    }
+}
+
+/// Serves `listener` until `shutdown` is triggered, then drains the open connections (see
+/// [`ServerConfig::drain_quiet`]), answers what was read and returns.
 ///
 /// Before accepting, runs [`Budget::measure`] (the largest window through the model) and tells
 /// systemd `READY=1`; on shutdown tells it `STOPPING=1`.
@@ -156,6 +182,7 @@ pub fn serve_with_budget(
         shutdown,
         parse_gate,
         queue,
+        draining_since: OnceLock::new(),
     });
     let c = &server.config;
 
@@ -219,8 +246,11 @@ pub fn serve_with_budget(
         log::error!("the listening socket failed: {e}; stopping");
         server.shutdown.trigger();
     }
+    server.draining_since.get_or_init(Instant::now);
     let _ = systemd::stopping();
-    log::info!("shutting down: answering what was read");
+    log::info!(
+        "shutting down: reading open connections until they are quiet, answering what was read"
+    );
     drop(listener);
     for h in conns {
         let _ = h.join();
