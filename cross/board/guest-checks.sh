@@ -213,11 +213,23 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 old="$(prop "$svc" MainPID)"
+# One more client connects before the restart and sends its line only once the old instance is
+# stopping (it has accepted the connection and got SIGTERM): it must still be answered.
+(
+    while [ "$(prop "$svc" ActiveState)" = active ] && [ "$(prop "$svc" MainPID)" = "$old" ]; do
+        sleep 0.05
+    done
+    printf '{"id":199,"text":"%s"}\n' '重启时连上的请求'
+) | timeout 150 socat -t 120 - "UNIX-CONNECT:$sock" > "$dir/late" 2>&1 &
+late=$!
+sleep 0.5
 done_before="$(wc -l < "$dir/answers" 2>/dev/null || echo 0)"
 t=$(date +%s%N)
 systemctl restart "$svc"
 restart_ms=$(( ($(date +%s%N) - t) / 1000000 ))
 wait $loop
+wait $late || true
+late_ans="$(cat "$dir/late")"
 ok=0
 bad=""
 while IFS=$'\t' read -r id ms ans; do
@@ -232,8 +244,10 @@ elif [ "$new" = "$old" ]; then
     fail $name "the main PID did not change ($old): no restart happened"
 elif [ $ok -ne $n ]; then
     fail $name "$ok of $n requests answered (restart after $done_before); first unanswered: $bad"
+elif ! answered 199 "$late_ans"; then
+    fail $name "the loop's $n answered, but not the connection made before the restart whose line came once the old instance was stopping: $(short "$late_ans")"
 else
-    pass $name "$n of $n answered; systemctl restart after request $done_before took ${restart_ms} ms (pid $old -> $new); slowest request ${max_ms} ms"
+    pass $name "$n of $n answered, and the connection made before the restart whose line came once the old instance was stopping; systemctl restart after request $done_before took ${restart_ms} ms (pid $old -> $new); slowest request ${max_ms} ms"
 fi
 
 # 6. stop the service: the socket stays and starts it again
