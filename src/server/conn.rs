@@ -152,7 +152,12 @@ impl Read for PollingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             // A client that never pauses is cut off when the drain is over.
-            if self.server.drain_over() {
+            let c = &self.server.config;
+            if self
+                .server
+                .draining_for()
+                .is_some_and(|d| d >= c.drain_limit)
+            {
                 return Err(io::Error::other("shutting down"));
             }
             match self.stream.read(buf) {
@@ -179,15 +184,20 @@ impl Read for PollingReader<'_> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 > 1;
-            // On shutdown a connection is read on until it is quiet: a client that connected
-            // just before the signal (accepted, its line not yet here) is still answered.
+            if waiting_for_answers {
+                continue;
+            }
+            let idle = self.conn.idle_for();
+            // On shutdown a connection is read on until it is quiet since the signal: a client
+            // that connected just before it (accepted, its line not yet here) is still answered.
             if self
                 .server
-                .drained(self.conn.idle_for(), waiting_for_answers)
+                .draining_for()
+                .is_some_and(|d| idle.min(d) >= c.drain_quiet)
             {
                 return Err(io::Error::other("shutting down"));
             }
-            if !waiting_for_answers && self.conn.idle_for() >= self.server.config.idle_timeout {
+            if idle >= c.idle_timeout {
                 self.server
                     .stats
                     .idle_closed

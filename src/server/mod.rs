@@ -124,23 +124,14 @@ pub(super) struct Server {
 }
 
 impl Server {
-    /// Whether connections must stop being read: shutdown was triggered and the drain has
-    /// lasted `drain_limit`.
-    fn drain_over(&self) -> bool {
-        self.shutdown.is_triggered()
-            && self.draining_since.get_or_init(Instant::now).elapsed() >= self.config.drain_limit
-    }
-
-    /// After shutdown, whether a connection's reader is done: the connection has been quiet
-    /// for `drain_quiet` with no answer owed, counted from its last activity (`idle_for`) but
-    /// never from before the shutdown, or the drain is over.
-    fn drained(&self, idle_for: Duration, answers_owed: bool) -> bool {
-        if !self.shutdown.is_triggered() {
-            return false;
-        }
-        let draining_for = self.draining_since.get_or_init(Instant::now).elapsed();
-        self.drain_over()
-            || (!answers_owed && idle_for.min(draining_for) >= self.config.drain_quiet)
+    /// How long the shutdown has lasted, `None` while serving. Readers use it to drain: a
+    /// connection is read until the drain has lasted `drain_limit`, or, with no answer owed,
+    /// until it has been quiet for `drain_quiet` since the later of its last activity and the
+    /// shutdown (the idle timeout, shortened).
+    fn draining_for(&self) -> Option<Duration> {
+        self.shutdown
+            .is_triggered()
+            .then(|| self.draining_since.get_or_init(Instant::now).elapsed())
     }
 }
 
