@@ -3,11 +3,12 @@
 # runs on Debian 10+, Ubuntu 18.04+, Raspberry Pi OS bullseye+), then `cargo deb` on it.
 #
 #   bash cross/package.sh [--arch arm64|amd64] [--profile dist|release] [--no-build]
-#                         [--deb-revision N] [--output DIR]
+#                         [--binary PATH] [--deb-revision N] [--output DIR]
 #
 # Steps:
 #   tools  installs what is missing, idempotently: cargo-deb (cargo install --locked),
-#          cargo-zigbuild and the Zig toolchain (PyPI: cargo-zigbuild, ziglang), the rustup target;
+#          cargo-zigbuild and the Zig toolchain (cross/zigbuild.sh: PyPI's cargo-zigbuild and
+#          ziglang, pinned), the rustup target;
 #          for arm64 also Debian's aarch64 binutils (objdump, strip)
 #   build  cargo zigbuild --profile PROFILE --target TRIPLE.2.27 --bin electra-edge
 #          (Zig links against glibc 2.27's symbol versions; the code is the same as cargo build's)
@@ -21,11 +22,13 @@
 #              already makes for the aarch64 tests)
 # --no-build   package the binary already at target/TRIPLE/PROFILE/electra-edge (it must have
 #              been linked for glibc 2.27 too: the check step says so if not)
+# --binary PATH  package this electra-edge executable instead (implies --no-build; checked the
+#                same way)
 # --deb-revision N   the Debian revision (default 1: electra-edge_VERSION-1_ARCH.deb)
 # --output DIR       where the .deb goes (default target/debian)
 #
-# Env: ELECTRA_EDGE_GLIBC (default 2.27), CARGO_DEB_VERSION, CARGO_ZIGBUILD_VERSION,
-# ZIGLANG_VERSION (the pinned tool versions below).
+# Env: ELECTRA_EDGE_GLIBC (default 2.27), CARGO_DEB_VERSION (cargo-deb's version when it has to
+# be installed; default below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,11 +36,10 @@ arch=arm64
 profile=dist
 build=1
 revision=1
+binary=""
 output=target/debian
 glibc="${ELECTRA_EDGE_GLIBC:-2.27}"
 cargo_deb_version="${CARGO_DEB_VERSION:-3.8.0}"
-zigbuild_version="${CARGO_ZIGBUILD_VERSION:-0.24.1}"
-ziglang_version="${ZIGLANG_VERSION:-0.15.2}"
 
 usage() { sed -n '2,29s/^# \{0,1\}//p' "$0"; }
 die() { echo "package: $*" >&2; exit 1; }
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
         --arch) [ $# -ge 2 ] || die "--arch needs a value"; arch="$2"; shift 2 ;;
         --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile="$2"; shift 2 ;;
         --no-build) build=0; shift ;;
+        --binary) [ $# -ge 2 ] || die "--binary needs a path"; binary="$2"; build=0; shift 2 ;;
         --deb-revision) [ $# -ge 2 ] || die "--deb-revision needs a value"; revision="$2"; shift 2 ;;
         --output) [ $# -ge 2 ] || die "--output needs a directory"; output="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -87,20 +90,25 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 cargo deb --version
 if [ "$build" = 1 ]; then
-    if [ "$(cargo-zigbuild --version 2>/dev/null)" != "cargo-zigbuild $zigbuild_version" ] ||
-        [ "$(python3 -m ziglang version 2>/dev/null)" != "$ziglang_version" ]; then
-        echo "installing cargo-zigbuild $zigbuild_version and ziglang $ziglang_version (pip)"
-        python3 -m pip install --quiet --disable-pip-version-check \
-            "cargo-zigbuild==$zigbuild_version" "ziglang==$ziglang_version"
-    fi
-    echo "$(cargo-zigbuild --version), zig $(python3 -m ziglang version)"
+    bash cross/zigbuild.sh --install-only
     rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
 fi
 
 bin="target/$triple/$profile/electra-edge"
+deb_env=()
+if [ -n "$binary" ]; then
+    # cargo deb takes the binary from its target directory: give it one with just this file.
+    [ -f "$binary" ] || die "no binary at $binary"
+    tmp_target="$(mktemp -d)"
+    trap 'rm -rf "$tmp_target"' EXIT
+    mkdir -p "$tmp_target/$triple/$profile"
+    cp "$binary" "$tmp_target/$triple/$profile/electra-edge"
+    bin="$tmp_target/$triple/$profile/electra-edge"
+    deb_env=(env "CARGO_TARGET_DIR=$tmp_target")
+fi
 if [ "$build" = 1 ]; then
     step "build (cargo zigbuild --profile $profile --target $triple.$glibc --bin electra-edge)"
-    cargo zigbuild --profile "$profile" --target "$triple.$glibc" --bin electra-edge
+    bash cross/zigbuild.sh zigbuild --profile "$profile" --target "$triple.$glibc" --bin electra-edge
 fi
 [ -f "$bin" ] || die "no binary at $bin (build it, or leave out --no-build)"
 
@@ -116,21 +124,22 @@ for dep in deb["depends"].split(","):
 ')"
 [ -n "$depends_glibc" ] || die "no 'libc6 (>= X)' in Depends: of Cargo.toml [package.metadata.deb]"
 needs="$("$objdump" -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -u -V | tail -n1)"
-[ -n "$needs" ] || die "no GLIBC_ symbol versions in $bin (not a dynamically linked glibc binary?)"
-echo "$bin needs glibc $needs (GLIBC_$needs is its highest symbol version); Depends: libc6 (>= $depends_glibc)"
+[ -n "$needs" ] || die "no GLIBC_ symbol versions in ${binary:-$bin} (not a dynamically linked glibc binary?)"
+shown="${binary:-$bin}"
+echo "$shown needs glibc $needs (GLIBC_$needs is its highest symbol version); Depends: libc6 (>= $depends_glibc)"
 if [ "$(printf '%s\n%s\n' "$needs" "$depends_glibc" | sort -V | tail -n1)" != "$depends_glibc" ]; then
-    die "$bin needs glibc $needs, more than Depends: states ($depends_glibc): build it with cargo zigbuild --target $triple.$depends_glibc (this script without --no-build)"
+    die "$shown needs glibc $needs, more than Depends: states ($depends_glibc): build it with cargo zigbuild --target $triple.$depends_glibc (this script without --no-build)"
 fi
 echo "shared libraries: $("$objdump" -p "$bin" | awk '/NEEDED/ {print $2}' | tr '\n' ' ')"
 
 step "deb (cargo deb --target $triple --profile $profile --no-build)"
 mkdir -p "$output"
-deb="$(cargo deb --target "$triple" --profile "$profile" --no-build --deb-revision "$revision" \
+deb="$("${deb_env[@]}" cargo deb --target "$triple" --profile "$profile" --no-build --deb-revision "$revision" \
     --output "$output" | tail -n1)"
 [ -f "$deb" ] || die "cargo deb did not report a package file (got '$deb')"
 dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
 echo "files:"
 dpkg-deb --contents "$deb" | awk '{printf "  %s %8s %s%s%s\n", $1, $3, $6, ($7 ? " " $7 : ""), ($8 ? " " $8 : "")}'
-echo "package: $deb ($(du -h "$deb" | cut -f1)), binary $(du -h "$bin" | cut -f1) as built"
+echo "package: $deb ($(du -h "$deb" | cut -f1)), binary ${binary:-$bin} ($(du -h "$bin" | cut -f1) before cargo deb strips it)"
 step "done"
 echo "== package: total $(( $(date +%s) - t0 )) s"
