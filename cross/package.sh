@@ -13,7 +13,8 @@
 #   build  cargo zigbuild --profile PROFILE --target TRIPLE.2.27 --bin electra-edge
 #          (Zig links against glibc 2.27's symbol versions; the code is the same as cargo build's)
 #   check  the highest GLIBC_x.y symbol version the binary needs is at most the libc6 version
-#          in Depends: (Cargo.toml [package.metadata.deb]); fails otherwise
+#          in Depends: (Cargo.toml [package.metadata.deb]), and it needs no shared library but
+#          glibc's; fails otherwise
 #   deb    cargo deb --target TRIPLE --profile PROFILE --no-build  -> target/debian/*.deb
 #          and prints `dpkg-deb --info` and the list of files
 #
@@ -130,7 +131,15 @@ echo "$shown needs glibc $needs (GLIBC_$needs is its highest symbol version); De
 if [ "$(printf '%s\n%s\n' "$needs" "$depends_glibc" | sort -V | tail -n1)" != "$depends_glibc" ]; then
     die "$shown needs glibc $needs, more than Depends: states ($depends_glibc): build it with cargo zigbuild --target $triple.$depends_glibc (this script without --no-build)"
 fi
-echo "shared libraries: $("$objdump" -p "$bin" | awk '/NEEDED/ {print $2}' | tr '\n' ' ')"
+# Depends: names no other library package: every shared library must be glibc's (libc6).
+needed="$("$objdump" -p "$bin" | awk '/NEEDED/ {print $2}' | tr '\n' ' ')"
+echo "shared libraries: $needed"
+for lib in $needed; do
+    case "$lib" in
+        libc.so.6 | libm.so.6 | libpthread.so.0 | libdl.so.2 | librt.so.1 | ld-linux-*.so.*) ;;
+        *) die "$shown needs $lib, which is not glibc's: add its package to Depends: in Cargo.toml" ;;
+    esac
+done
 
 step "deb (cargo deb --target $triple --profile $profile --no-build)"
 mkdir -p "$output"
