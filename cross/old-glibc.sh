@@ -125,7 +125,7 @@ cp "$deb" "$root/tmp/electra-edge.deb"
 failed=()
 if in_root env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/electra-edge.deb; then
     echo "installed: $(in_root dpkg-query -W -f='${Package} ${Version} ${Status}' electra-edge)"
-    echo "Depends: $(in_root dpkg-query -W -f='${Depends}' electra-edge) -- met by $(in_root dpkg-query -W -f='libc6 ${Version}, ' libc6)$(in_root dpkg-query -W -f='libgcc-s1 ${Version}, ' libgcc-s1)$(in_root dpkg-query -W -f='init-system-helpers ${Version}' init-system-helpers)"
+    echo "Depends: $(in_root dpkg-query -W -f='${Depends}' electra-edge) -- met by $(in_root dpkg-query -W -f='libc6 ${Version}, init-system-helpers ' libc6)$(in_root dpkg-query -W -f='${Version}' init-system-helpers)"
     needs="$(aarch64-linux-gnu-objdump -T "$root/usr/bin/electra-edge" 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -u -V | tail -n1 || true)"
     echo "/usr/bin/electra-edge needs glibc >= ${needs:-?}; this root has $glibc_version"
 else

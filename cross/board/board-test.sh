@@ -36,7 +36,7 @@
 # --keep         keep the work directory (rootfs, image, serial log) and print its path
 # --rootfs-only  stop after the rootfs stage (with --cache: fill the cache)
 #
-# Env: ELECTRA_EDGE_BOARD_TIMEOUT (seconds for boot + checks, default 1500),
+# Env: ELECTRA_EDGE_BOARD_TIMEOUT (seconds for boot + checks, default 3000),
 # ELECTRA_EDGE_BOARD_MIRROR (default http://deb.debian.org/debian), ELECTRA_EDGE_BOARD_SMP
 # (guest CPUs, default 2). Needs root (binfmt_misc, mmdebstrap's root mode, file ownership in
 # the image). Long steps run under `nice -n 15`.
@@ -50,7 +50,7 @@ model="$repo/models/demo/classifier"
 cache="${ELECTRA_EDGE_BOARD_CACHE:-}"
 keep=0
 rootfs_only=0
-timeout_s="${ELECTRA_EDGE_BOARD_TIMEOUT:-1500}"
+timeout_s="${ELECTRA_EDGE_BOARD_TIMEOUT:-3000}"
 mirror="${ELECTRA_EDGE_BOARD_MIRROR:-http://deb.debian.org/debian}"
 smp="${ELECTRA_EDGE_BOARD_SMP:-2}"
 

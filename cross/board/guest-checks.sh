@@ -92,11 +92,12 @@ fi
 name=package-install
 deb="$(ls "$payload"/deb/electra-edge_*_arm64.deb | head -n1)"
 t=$(date +%s)
-out="$(cd "$payload/deb" && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download \
+out="$(cd "$payload/deb" && DEBIAN_FRONTEND=noninteractive apt-get install -y \
     "./$(basename "$deb")" 2>&1)"
 rc=$?
 took=$(( $(date +%s) - t ))
-printf '%s\n' "$out" | grep -v '^\(Reading\|Building\|Note, selecting\)' | tail -n 6 | sed 's/^/BOARD:   apt: /'
+printf '%s\n' "$out" | grep -v -e '^Reading' -e '^(Reading' -e '^Building' -e '^Note, selecting' |
+    tail -n 6 | sed 's/^/BOARD:   apt: /'
 # What the package installed (for the remove and purge checks).
 dpkg-query -L electra-edge 2>/dev/null > /run/electra-edge-board.files || true
 version="$(dpkg-query -W -f='${Version}' electra-edge 2>/dev/null || true)"

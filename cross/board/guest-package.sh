@@ -101,7 +101,7 @@ l3=$!
 wait_answers "$dir" 6 120
 before="$(answers_in "$dir")"
 t=$(date +%s%N)
-out="$(cd "$(dirname "$new_deb")" && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download \
+out="$(cd "$(dirname "$new_deb")" && DEBIAN_FRONTEND=noninteractive apt-get install -y \
     "./$(basename "$new_deb")" 2>&1)"
 rc=$?
 upgrade_ms=$(( ($(date +%s%N) - t) / 1000000 ))
@@ -145,7 +145,8 @@ sleep 1
 left=()
 while IFS= read -r f; do
     [ "$f" = /etc/default/electra-edge ] && continue
-    if [ -f "$f" ] || [ -L "$f" ]; then left+=("$f"); fi
+    # Files and links; directories are shared (/lib is a link to usr/lib on Debian 12).
+    if [ ! -d "$f" ] && { [ -f "$f" ] || [ -L "$f" ]; }; then left+=("$f"); fi
 done < /run/electra-edge-board.files
 pids="$(ee_pids | tr '\n' ' ')"
 active="$(systemctl list-units --all --plain --no-legend 'electra-edge*' 2>/dev/null |
