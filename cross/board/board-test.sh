@@ -176,6 +176,9 @@ if [ "$rootfs_only" = 1 ]; then stage done; exit 0; fi
 
 # --------------------------------------------------------------------------------------------
 stage "package"
+# The checks the guest must report (reload-under-load is added below when the binary has it).
+checks=(package-install socket-activation status sigkill-restart watchdog restart-under-load
+    stop-then-connect security journal instances upgrade-under-load remove purge)
 debs="$work/deb"
 mkdir -p "$debs/upgrade"
 if [ -n "$deb" ]; then
@@ -194,6 +197,17 @@ sed -i "s/^Version: .*/Version: ${version}+board1/" "$repack/DEBIAN/control"
 dpkg-deb -Zgzip -z1 --root-owner-group -b "$repack" "$debs/upgrade/electra-edge_${version}+board1_arm64.deb" >/dev/null
 rm -rf "$repack"
 echo "packages: $(basename "$deb") ($(du -h "$deb" | cut -f1)); the upgrade to ${version}+board1"
+# The reload check is required when the packaged binary implements reload (it sends systemd
+# RELOADING=1); an older binary ends on SIGHUP, and the check is left out, said here.
+expect_reload=0
+dpkg-deb --fsys-tarfile "$deb" | tar -xOf - ./usr/bin/electra-edge > "$work/packaged-binary"
+if grep -q -a 'RELOADING=1' "$work/packaged-binary"; then
+    expect_reload=1
+    checks+=(reload-under-load)
+else
+    echo "reload-under-load: not run: this binary has no reload (no RELOADING=1 in it)"
+fi
+rm -f "$work/packaged-binary"
 
 # --------------------------------------------------------------------------------------------
 stage "image"
@@ -208,6 +222,7 @@ cp -RL --no-preserve=ownership "$model/." "$payload/second/"
 chmod -R u+rwX,go+rX,go-w "$payload/second"
 install -m 0755 "$here/guest-checks.sh" "$payload/guest-checks.sh"
 install -m 0644 "$here/guest-package.sh" "$payload/guest-package.sh"
+if [ "$expect_reload" = 1 ]; then touch "$payload/expect-reload"; fi
 install -m 0644 "$here/board-checks.service" "$rootfs/etc/systemd/system/board-checks.service"
 mkdir -p "$rootfs/etc/systemd/system/multi-user.target.wants"
 ln -sf /etc/systemd/system/board-checks.service "$rootfs/etc/systemd/system/multi-user.target.wants/board-checks.service"
@@ -233,8 +248,6 @@ qemu_pid=$!
 watchdog_pid=$!
 
 # Guest lines start with "BOARD: "; checks are "BOARD: CHECK <name>: PASS|FAIL <details>".
-checks=(package-install socket-activation status sigkill-restart watchdog restart-under-load
-    stop-then-connect security journal instances upgrade-under-load remove purge)
 declare -A result=()
 guest_result=""
 while IFS= read -r line; do

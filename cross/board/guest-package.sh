@@ -4,6 +4,10 @@
 #   instances           two template instances, electra-edge@demo (the packaged demo model) and
 #                       electra-edge@second (the payload's second model, linked into
 #                       /var/lib/electra-edge/models), each answering with its own model
+#   reload-under-load   (when the binary implements reload) an instance's model link switched
+#                       and `systemctl reload` while clients keep connecting: every request
+#                       answered by one model or the other, the new one after the reload, no
+#                       restart; a broken folder keeps the model serving, STATUS says why
 #   upgrade-under-load  apt-get install of a newer version of the package while clients keep
 #                       connecting to the default socket and an instance's: every request
 #                       answered, the running services restarted onto the new binary, the
@@ -79,7 +83,83 @@ else
     pass $name "electra-edge@demo and @second on /run/electra-edge/{demo,second}.sock, each answer equal to its own model's through electra-edge run and different from the other's: $(short "$ans_demo" 60) / $(short "$ans_second" 60)"
 fi
 
-# 10. upgrade under load
+# 10. systemctl reload under load (when the binary implements it: board-test.sh then requires
+# this check and puts expect-reload in the payload)
+if [ -e "$payload/expect-reload" ]; then
+    name=reload-under-load
+    live="$models/live"
+    ln -sfn /usr/share/electra-edge/models/demo "$live"
+    systemctl start electra-edge@live.socket
+    ref_new="$(cli_answer "$payload/second" 0 "$text")"
+    first="$(request_to /run/electra-edge/live.sock 960 "$text")"
+    pid0="$(prop electra-edge@live.service MainPID)"
+    n0="$(prop electra-edge@live.service NRestarts)"
+    dir="$(mktemp -d)"
+    load_loop /run/electra-edge/live.sock a "$dir" 4000 &
+    l1=$!
+    load_loop /run/electra-edge/live.sock b "$dir" 5000 &
+    l2=$!
+    wait_answers "$dir" 6 120
+    ln -sfn "$payload/second" "$live"
+    t=$(date +%s)
+    systemctl reload electra-edge@live.service
+    # Done when a new connection is answered by the other model.
+    swapped=""
+    for _ in $(seq 1 180); do
+        probe="$(request_to /run/electra-edge/live.sock 0 "$text")"
+        if [ "$probe" = "$ref_new" ]; then swapped=$(( $(date +%s) - t )); break; fi
+        sleep 1
+    done
+    at_swap="$(answers_in "$dir")"
+    wait_answers "$dir" $((at_swap + 6)) 120
+    touch "$dir/stop"
+    wait $l1 $l2
+    read -r ok total bad < <(tally "$dir")
+    # Every answer is one model's or the other's (task discriminator or classify), and the
+    # last one of each loop is the new model's.
+    other="$(cut -f3 "$dir"/answers.* | grep -v -c -e '"task":"discriminator"' -e '"task":"classify"' || true)"
+    last_a="$(tail -n1 "$dir/answers.a" | cut -f3)"
+    last_b="$(tail -n1 "$dir/answers.b" | cut -f3)"
+    rm -rf "$dir"
+    pid1="$(prop electra-edge@live.service MainPID)"
+    n1="$(prop electra-edge@live.service NRestarts)"
+    # A folder that fails to load: the model in use keeps answering, STATUS says why.
+    broken="$(mktemp -d /var/lib/electra-edge/broken.XXXXXX)"
+    chmod 0755 "$broken"
+    ln -sfn "$broken" "$live"
+    systemctl reload electra-edge@live.service
+    st=""
+    for _ in $(seq 1 120); do
+        st="$(prop electra-edge@live.service StatusText)"
+        case "$st" in *fail*) break ;; esac
+        sleep 1
+    done
+    after_broken="$(request_to /run/electra-edge/live.sock 0 "$text")"
+    errors="$(journalctl -u electra-edge@live.service -p err -o cat --no-pager | grep -c 'reload' || true)"
+    systemctl stop electra-edge@live.socket electra-edge@live.service
+    rm -f "$live"
+    rmdir "$broken"
+    case "$first" in *'"task":"discriminator"'*) first_ok=1 ;; *) first_ok=0 ;; esac
+    if [ "$first_ok" != 1 ]; then
+        fail $name "electra-edge@live did not answer with the demo model first: $(short "$first" 100)"
+    elif [ -z "$swapped" ]; then
+        fail $name "no answer from the switched folder's model within 180 s of systemctl reload"
+    elif [ "$ok" -ne "$total" ] || [ "$other" != 0 ]; then
+        fail $name "$ok of $total requests answered during the reload ($other answered by neither model); first unanswered: $bad"
+    elif [ "${last_a#*\"task\":\"classify\"}" = "$last_a" ] || [ "${last_b#*\"task\":\"classify\"}" = "$last_b" ]; then
+        fail $name "after the reload a client loop still got the old model's answers"
+    elif [ "$pid1" != "$pid0" ] || [ "$n1" != "$n0" ]; then
+        fail $name "the service restarted (pid $pid0 -> $pid1, NRestarts $n0 -> $n1): a reload must not"
+    elif [ "$after_broken" != "$ref_new" ]; then
+        fail $name "after a reload of a broken folder the answer is not the serving model's: $(short "$after_broken" 100)"
+    elif [ "${st#*fail}" = "$st" ] || [ "$errors" -lt 1 ]; then
+        fail $name "a broken folder's reload: STATUS '$(short "$st" 100)', $errors error lines in the journal"
+    else
+        pass $name "link switched demo -> second and systemctl reload under 2 client loops: $ok of $total answered, each by one model or the other, the new one ${swapped} s after the reload, same pid $pid0, no restart; a broken folder kept the model serving (STATUS: $(short "$st" 80))"
+    fi
+fi
+
+# 11. upgrade under load
 name=upgrade-under-load
 new_deb="$(ls "$payload"/deb/upgrade/electra-edge_*_arm64.deb | head -n1)"
 old_version="$(dpkg-query -W -f='${Version}' electra-edge)"
@@ -137,7 +217,7 @@ else
     pass $name "$old_version -> $new_version in ${upgrade_ms} ms under 3 client loops: $ok of $total requests answered ($before before, $((total - after_upgrade)) after); services restarted onto the new binary (pid $old_main -> $new_main, @second $old_inst -> $new_inst), sockets kept listening, edited conffile kept"
 fi
 
-# 11. remove
+# 12. remove
 name=remove
 out="$(DEBIAN_FRONTEND=noninteractive apt-get remove -y electra-edge 2>&1)"
 rc=$?
@@ -166,7 +246,7 @@ else
     pass $name "nothing running or listening (no electra-edge process, no active unit, no socket file); of the package's files only the conffile /etc/default/electra-edge is left (dpkg: $status)"
 fi
 
-# 12. purge
+# 13. purge
 name=purge
 out="$(DEBIAN_FRONTEND=noninteractive apt-get purge -y electra-edge 2>&1)"
 rc=$?
@@ -175,11 +255,9 @@ while IFS= read -r f; do
     case "$f" in *electra-edge*) ;; *) continue ;; esac
     if [ -e "$f" ] || [ -L "$f" ]; then left+=("$f"); fi
 done < /run/electra-edge-board.files
-for f in /var/lib/electra-edge /var/cache/electra-edge /var/cache/private/electra-edge \
-    /var/cache/electra-edge@demo /var/cache/private/electra-edge@demo \
-    /var/cache/electra-edge@second /var/cache/private/electra-edge@second \
-    /etc/default/electra-edge $(find /etc/systemd/system /var/lib/systemd/deb-systemd-helper-enabled \
-        /var/lib/systemd/deb-systemd-helper-masked -name '*electra-edge*' 2>/dev/null); do
+for f in /var/lib/electra-edge /etc/default/electra-edge $(find /var/cache /etc/systemd/system \
+    /var/lib/systemd/deb-systemd-helper-enabled /var/lib/systemd/deb-systemd-helper-masked \
+    -maxdepth 3 -name '*electra-edge*' 2>/dev/null); do
     if [ -e "$f" ] || [ -L "$f" ]; then left+=("$f"); fi
 done
 pids="$(ee_pids | tr '\n' ' ')"
