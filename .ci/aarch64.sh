@@ -11,7 +11,15 @@
 # ../shared/fixtures). Installs what a fresh Debian machine lacks, idempotently: the cross gcc
 # and libc, qemu-user, and the rustup target.
 #
-# Env: AARCH64_CPUS (default "cortex-a72 max"), ELECTRA_EDGE_SIZE_GOAL_MB (default 10; the
+# The build links with cargo-zigbuild against glibc 2.27's symbol versions (cross/zigbuild.sh,
+# pinned, installed from PyPI if missing), so the release binary it leaves in
+# target/aarch64-unknown-linux-gnu/release/ is the one the Debian package may hold: it runs on
+# Debian 10+, Ubuntu 18.04+ and Raspberry Pi OS bullseye as well as on newer systems. The tests
+# run it against Debian's cross glibc (2.36) under qemu; cross/old-glibc.sh runs it on an
+# older one. AARCH64_GLIBC= (empty) builds with plain cargo and Debian's cross gcc instead
+# (.cargo/config.toml), as users without Zig do.
+#
+# Env: AARCH64_GLIBC (default 2.27), AARCH64_CPUS (default "cortex-a72 max"), ELECTRA_EDGE_SIZE_GOAL_MB (default 10; the
 # size is reported, and only fails the run when AARCH64_ENFORCE_SIZE=1), AARCH64_SIZE_PROFILES
 # (default "release"; "release dist" also builds and reports the deployment profile).
 set -euo pipefail
@@ -20,6 +28,7 @@ repo="$(pwd)"
 target=aarch64-unknown-linux-gnu
 sysroot=/usr/aarch64-linux-gnu
 cpus="${AARCH64_CPUS:-cortex-a72 max}"
+glibc="${AARCH64_GLIBC-2.27}"
 t0=$(date +%s)
 phase_start=$t0
 current=""
@@ -45,6 +54,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if ! rustup target list --installed | grep -qx "$target"; then
     rustup target add "$target"
+fi
+if [ -n "$glibc" ]; then
+    bash cross/zigbuild.sh --install-only
 fi
 # Tests that start a program (the electra-edge binary, or a copy of themselves) exec an aarch64
 # ELF: the kernel runs it through qemu only with a binfmt_misc handler. Register one for this
@@ -82,11 +94,16 @@ aarch64-linux-gnu-gcc --version | head -n1
 qemu-aarch64 --version | head -n1
 cargo --version
 
-phase "build (cargo test --release --target $target --no-run)"
+if [ -n "$glibc" ]; then
+    build=(bash cross/zigbuild.sh test --release --target "$target.$glibc")
+else
+    build=(cargo test --release --target "$target")
+fi
+phase "build (${build[*]} --no-run)"
 json="$(mktemp)"
 # One release build: the test executables, and (because integration tests need it) the
 # electra-edge binary itself, with the release profile.
-cargo test --release --target "$target" --no-run --message-format=json-render-diagnostics > "$json"
+"${build[@]}" --no-run --message-format=json-render-diagnostics > "$json"
 mapfile -t tests < <(python3 - "$json" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
@@ -128,8 +145,13 @@ phase "binary size"
 goal_mb="${ELECTRA_EDGE_SIZE_GOAL_MB:-10}"
 for profile in ${AARCH64_SIZE_PROFILES:-release}; do
     if [ "$profile" != release ]; then
-        phase "build (cargo build --profile $profile --target $target --bin electra-edge)"
-        cargo build --profile "$profile" --target "$target" --bin electra-edge
+        if [ -n "$glibc" ]; then
+            phase "build (cargo zigbuild --profile $profile --target $target.$glibc --bin electra-edge)"
+            bash cross/zigbuild.sh zigbuild --profile "$profile" --target "$target.$glibc" --bin electra-edge
+        else
+            phase "build (cargo build --profile $profile --target $target --bin electra-edge)"
+            cargo build --profile "$profile" --target "$target" --bin electra-edge
+        fi
     fi
     bin="target/$target/$profile/electra-edge"
     if [ -f "$bin" ]; then
@@ -140,6 +162,12 @@ for profile in ${AARCH64_SIZE_PROFILES:-release}; do
         rm -f "$stripped"
         verdict=$(python3 -c "print('within' if $ssize <= $goal_mb*1024*1024 else 'OVER')")
         python3 -c "print(f'aarch64 electra-edge ($profile): {$size/2**20:.2f} MiB as built, {$ssize/2**20:.2f} MiB stripped ($ssize bytes); goal <= $goal_mb MiB: $verdict')"
+        # The newest glibc symbol version it needs: the oldest glibc it starts on.
+        needs="$(aarch64-linux-gnu-objdump -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -u -V | tail -n1)"
+        echo "aarch64 electra-edge ($profile): needs glibc >= $needs${glibc:+ (linked for $glibc)}"
+        if [ -n "$glibc" ] && [ "$(printf '%s\n%s\n' "$needs" "$glibc" | sort -V | tail -n1)" != "$glibc" ]; then
+            failed+=("glibc $needs > $glibc ($profile)")
+        fi
         if [ "$verdict" = OVER ] && [ "${AARCH64_ENFORCE_SIZE:-0}" = 1 ]; then
             failed+=("binary size ($profile)")
         fi

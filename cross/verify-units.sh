@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Check cross/electra-edge.service and cross/electra-edge.socket with `systemd-analyze verify`.
-#
-# verify also checks that ExecStart's binary exists, so the units are installed with
+# Check every unit we ship with `systemd-analyze verify`:
+#   - install.sh's cross/electra-edge.service and cross/electra-edge.socket;
+#   - the Debian package's units: cross/deb/electra-edge.service with cross/electra-edge.socket
+#     (the default model), and the templates cross/deb/electra-edge@.service and
+#     cross/deb/electra-edge@.socket, as the instance electra-edge@demo.
+# verify also checks that ExecStart's binary exists, so install.sh's units are installed with
 # cross/install.sh into a temporary prefix with a dummy executable (paths in the rendered copy
-# point into that prefix; everything else is the shipped text), and that copy is verified.
+# point into that prefix; everything else is the shipped text), and the package's units are
+# copied with /usr/bin/electra-edge pointed at that dummy; those copies are verified.
 # Any diagnostic fails the check (systemd-analyze exits 0 on unknown keys and only warns).
-# Prints the offline `systemd-analyze security` exposure score for information.
+# Then the package's services must equal install.sh's in every setting but those that name
+# paths, the model, the instance or the environment (the hardening, limits and timeouts are
+# written three times; this keeps them from drifting apart), and likewise the sockets.
+# Prints the offline `systemd-analyze security` exposure scores for information.
 #
 #   cross/verify-units.sh [--budget BINARY MODEL_DIR]
 #
@@ -32,17 +39,65 @@ chmod 0755 "$tmp/electra-edge"
 bash "$here/install.sh" --binary "$tmp/electra-edge" "$tmp/sysroot" > /dev/null 2>&1
 
 units=("$tmp/sysroot/etc/systemd/system/electra-edge.service" "$tmp/sysroot/etc/systemd/system/electra-edge.socket")
-rc=0
-out="$(systemd-analyze verify "${units[@]}" 2>&1)" || rc=$?
-if [ "$rc" -ne 0 ] || [ -n "$out" ]; then
-    printf '%s\n' "$out" | sed "s#$tmp/sysroot##g" >&2
-    echo "verify-units: FAILED (systemd-analyze verify rc=$rc)" >&2
-    exit 1
-fi
-echo "verify-units: systemd-analyze verify passed ($(systemd-analyze --version | head -n1))"
-if score="$(systemd-analyze security --offline=yes "${units[0]}" 2>/dev/null | grep -i 'overall exposure')"; then
-    echo "verify-units: ${score#→ }"
-fi
+# The package's units, as the package installs them (/lib/systemd/system) but with the binary
+# path pointed at the dummy; the templates also under an instance's name (electra-edge@demo:
+# verify instantiates it, resolving %i and finding electra-edge@demo.socket beside it).
+pkg="$tmp/package"
+mkdir -p "$pkg"
+for unit in "$here/deb/electra-edge.service" "$here/electra-edge.socket" \
+    "$here/deb/electra-edge@.service" "$here/deb/electra-edge@.socket"; do
+    sed "s#/usr/bin/electra-edge #$tmp/electra-edge #" "$unit" > "$pkg/$(basename "$unit")"
+done
+ln -s electra-edge@.service "$pkg/electra-edge@demo.service"
+ln -s electra-edge@.socket "$pkg/electra-edge@demo.socket"
+grep -q "^ExecStart=$tmp/electra-edge " "$pkg/electra-edge.service" "$pkg/electra-edge@.service" ||
+    { echo "verify-units: FAILED: the package's ExecStart= is not /usr/bin/electra-edge ..." >&2; exit 1; }
+
+failed=0
+verify() { # LABEL UNIT-FILE...
+    local label="$1" rc=0 out
+    shift
+    out="$(systemd-analyze verify "$@" 2>&1)" || rc=$?
+    if [ "$rc" -ne 0 ] || [ -n "$out" ]; then
+        printf '%s\n' "$out" | sed -e "s#$tmp/sysroot##g" -e "s#$tmp/package#/lib/systemd/system#g" >&2
+        echo "verify-units: FAILED: $label (systemd-analyze verify rc=$rc)" >&2
+        failed=1
+    else
+        echo "verify-units: systemd-analyze verify passed: $label"
+    fi
+}
+verify "install.sh's electra-edge.service, electra-edge.socket" "${units[@]}"
+verify "the package's electra-edge.service, electra-edge.socket" "$pkg/electra-edge.service" "$pkg/electra-edge.socket"
+verify "the package's templates as electra-edge@demo.service, electra-edge@demo.socket" \
+    "$pkg/electra-edge@demo.service" "$pkg/electra-edge@demo.socket"
+verify "the package's templates electra-edge@.service, electra-edge@.socket" \
+    "$pkg/electra-edge@.service" "$pkg/electra-edge@.socket"
+
+# Settings that may differ between install.sh's units and the package's; every other
+# key=value line must be the same, in the same order.
+settings() { # UNIT-FILE -> its settings, comments and the keys above left out
+    grep -v -E '^[[:space:]]*([#;]|$)' "$1" |
+        grep -v -E '^(Description|Documentation|Requires|After|ExecStart|Environment|EnvironmentFile|ReadOnlyPaths|CacheDirectory|Also|ListenStream)='
+}
+same() { # LABEL A B
+    local d
+    if ! d="$(diff <(settings "$2") <(settings "$3"))"; then
+        printf '%s\n' "$d" | sed 's/^/    /' >&2
+        echo "verify-units: FAILED: $1 differ in settings other than paths, model and environment (< $(basename "$2"), > $(basename "$3"))" >&2
+        failed=1
+    fi
+}
+same "install.sh's and the package's electra-edge.service" "$here/electra-edge.service" "$here/deb/electra-edge.service"
+same "install.sh's electra-edge.service and the package's electra-edge@.service" "$here/electra-edge.service" "$here/deb/electra-edge@.service"
+same "electra-edge.socket and electra-edge@.socket" "$here/electra-edge.socket" "$here/deb/electra-edge@.socket"
+[ "$failed" = 0 ] || exit 1
+echo "verify-units: the package's services and sockets have install.sh's settings ($(systemd-analyze --version | head -n1))"
+for unit in "${units[0]}" "$pkg/electra-edge.service" "$pkg/electra-edge@demo.service"; do
+    if score="$(systemd-analyze security --offline=yes "$unit" 2>/dev/null | grep -i 'overall exposure')"; then
+        case "$unit" in "$pkg"/*) from="the package's" ;; *) from="install.sh's" ;; esac
+        echo "verify-units: $from ${score#→ }"
+    fi
+done
 
 if [ -n "$budget_bin" ]; then
     service="$here/electra-edge.service"

@@ -1,8 +1,10 @@
 #!/bin/bash
 # Runs inside the booted board (started by board-checks.service; see board-test.sh): installs
-# electra-edge with cross/install.sh and checks it on the real systemd. Prints one line per
-# check on the console, "BOARD: CHECK <name>: PASS|FAIL <details>", then "BOARD: RESULT ...",
-# and powers the machine off.
+# the Debian package with `apt-get install ./electra-edge_*_arm64.deb` and checks the service on
+# the real systemd, then the package's life cycle (guest-package.sh: template instances, an
+# upgrade under load, remove, purge). Prints one line per check on the console,
+# "BOARD: CHECK <name>: PASS|FAIL <details>", then "BOARD: RESULT ...", and powers the
+# machine off.
 set -u
 
 payload=/opt/electra-edge-board
@@ -38,8 +40,11 @@ recover() {
 }
 # One request on a new connection; prints the answer line. -t: wait for the answer after
 # sending (the connection may be what starts the service).
+request_to() { # SOCKET ID TEXT
+    printf '{"id":%s,"text":"%s"}\n' "$2" "$3" | timeout 150 socat -t 120 - "UNIX-CONNECT:$1" 2>&1
+}
 request() { # ID TEXT
-    printf '{"id":%s,"text":"%s"}\n' "$1" "$2" | timeout 150 socat -t 120 - "UNIX-CONNECT:$sock" 2>&1
+    request_to "$sock" "$1" "$2"
 }
 # Is ANSWER a result (not an error) for ID?
 answered() { # ID ANSWER
@@ -82,15 +87,36 @@ if [ "$state" != running ]; then
     systemctl --failed --no-legend --plain --no-pager | sed 's/^/BOARD:   failed unit: /'
 fi
 
-# --- Install: first the socket alone (the first connection starts the service), then the
-# documented `install.sh --enable` over it.
-if ! bash "$payload/cross/install.sh" --binary "$payload/electra-edge" --model "$payload/model" / |
-    sed 's/^/BOARD:   install: /'; then
-    say "install.sh failed"
-    exit 1
+# --- Install: the package, as a board owner would. It enables and starts the socket only; the
+# first connection starts the service.
+name=package-install
+deb="$(ls "$payload"/deb/electra-edge_*_arm64.deb | head -n1)"
+t=$(date +%s)
+out="$(cd "$payload/deb" && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+    "./$(basename "$deb")" 2>&1)"
+rc=$?
+took=$(( $(date +%s) - t ))
+printf '%s\n' "$out" | grep -v -e '^Reading' -e '^(Reading' -e '^Building' -e '^Note, selecting' |
+    tail -n 6 | sed 's/^/BOARD:   apt: /'
+# What the package installed (for the remove and purge checks).
+dpkg-query -L electra-edge 2>/dev/null > /run/electra-edge-board.files || true
+version="$(dpkg-query -W -f='${Version}' electra-edge 2>/dev/null || true)"
+if [ $rc -ne 0 ]; then
+    fail $name "apt-get install ./$(basename "$deb") exited $rc"
+elif [ "$(dpkg-query -W -f='${Status}' electra-edge)" != "install ok installed" ]; then
+    fail $name "dpkg says '$(dpkg-query -W -f='${Status}' electra-edge)'"
+elif [ "$(systemctl is-enabled $sck)/$(prop $sck SubState)" != enabled/listening ]; then
+    fail $name "the socket is $(systemctl is-enabled $sck)/$(prop $sck SubState), not enabled/listening"
+elif [ "$(prop $svc ActiveState)" != inactive ]; then
+    fail $name "the service is $(prop $svc ActiveState) before any connection (the socket should start it)"
+elif [ ! -f /etc/default/electra-edge ] || ! grep -qx /etc/default/electra-edge /var/lib/dpkg/info/electra-edge.conffiles; then
+    fail $name "no conffile /etc/default/electra-edge"
+elif [ "$(readlink /var/lib/electra-edge/models/demo)" != /usr/share/electra-edge/models/demo ]; then
+    fail $name "/var/lib/electra-edge/models/demo is not the link to the demo model"
+else
+    pass $name "electra-edge $version installed in ${took} s ($(grep -c . /run/electra-edge-board.files) paths); socket enabled and listening, service inactive, conffile /etc/default/electra-edge, Depends: $(dpkg-query -W -f='${Depends}' electra-edge)"
 fi
-systemctl daemon-reload
-systemctl enable --now "$sck" 2>&1 | sed 's/^/BOARD:   /'
+say "glibc $(ldd --version | head -n1 | grep -o '[0-9.]*$'); /usr/bin/electra-edge needs GLIBC_$(grep -ao 'GLIBC_2\.[0-9]*' /usr/bin/electra-edge | sort -u -V | tail -n1 | cut -d_ -f2)"
 
 # 1. socket activation from cold
 name=socket-activation
@@ -112,10 +138,6 @@ else
     pass $name "service inactive -> first connection started it through the socket -> answered in ${took} s: $(short "$ans" 70)"
 fi
 
-out="$(bash "$payload/cross/install.sh" --binary "$payload/electra-edge" --model "$payload/model" --enable / 2>&1)" ||
-    say "install.sh --enable failed: $(short "$out" 300)"
-say "install.sh --enable: socket $(systemctl is-enabled $sck), service $(systemctl is-enabled $svc), service $(prop "$svc" ActiveState)"
-
 # 2. STATUS line
 name=status
 pid="$(prop "$svc" MainPID)"
@@ -126,13 +148,13 @@ if [ "$(prop "$svc" ActiveState)/$(prop "$svc" SubState)" != active/running ]; t
     fail $name "service is $(prop "$svc" ActiveState)/$(prop "$svc" SubState)"
 else
     case "$status" in
-        "serving /usr/local/share/electra-edge/model "*)
+        "serving /usr/share/electra-edge/models/demo "*)
             if [ -n "$budget" ] && [ "${status%"$budget"}" = "$status" ]; then
                 fail $name "STATUS '$status' does not end with the logged '$budget'"
             else
                 pass $name "active/running, STATUS=$(short "$status" 90)"
             fi ;;
-        *) fail $name "active, but StatusText is '$status' (expected 'serving /usr/local/share/electra-edge/model ...')" ;;
+        *) fail $name "active, but StatusText is '$status' (expected 'serving /usr/share/electra-edge/models/demo ...')" ;;
     esac
 fi
 mib() { local v; v="$(prop "$svc" "$1")"; case "$v" in '' | *[!0-9]*) echo "$v" ;; *) echo "$((v / 1048576)) MiB" ;; esac; }
@@ -305,3 +327,7 @@ elif [ -n "$dups" ]; then
 else
     pass $name "$total lines from $pids processes; self-check and budget lines once per process ($(printf '%s\n' "$once" | grep -c .) in all); no timestamps of their own"
 fi
+
+# --- The package's life cycle: instances, upgrade under load, remove, purge.
+# shellcheck source=cross/board/guest-package.sh
+. "$payload/guest-package.sh"
