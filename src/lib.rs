@@ -6,7 +6,7 @@
 //! ```text
 //!  commands   main.rs -> commands/{run,serve,check,pack}.rs, cli.rs (arguments)
 //!     |
-//!  service    protocol/ (JSON lines)   dispatch.rs   run.rs (stdin)   server/ (socket)   systemd.rs
+//!  service    protocol/ (JSON lines)   dispatch.rs   run.rs (stdin)   server/ (socket)   systemd/
 //!     |
 //!  core       engine.rs -> tasks/  model/ -> int8/   tokenize.rs  windows.rs  config.rs
 //!             selfcheck.rs   procfs.rs   cputime.rs
