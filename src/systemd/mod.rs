@@ -1,12 +1,13 @@
 //! systemd integration without libsystemd: `sd_notify`, socket activation and the watchdog.
 //!
-//! Everything here is plain `std` (no `libc`, no extra crates) and a no-op when the process was
-//! not started by systemd, so `serve` can call it unconditionally.
+//! Everything here is plain `std` (no libsystemd, no extra crates; `libc` only to read
+//! `CLOCK_MONOTONIC` for `MONOTONIC_USEC=`) and a no-op when the process was not started by
+//! systemd, so `serve` can call it unconditionally.
 //!
 //! One file per concern:
 //!
-//! - `notify.rs`: [`notify()`] and the helpers [`ready`], [`status`], [`stopping`],
-//!   [`watchdog_ping`], [`extend_timeout`] send `sd_notify(3)` datagrams to `$NOTIFY_SOCKET` (a
+//! - `notify.rs`: [`notify()`] and the helpers [`ready`], [`status`], [`reloading`],
+//!   [`stopping`], [`watchdog_ping`], [`extend_timeout`] send `sd_notify(3)` datagrams to `$NOTIFY_SOCKET` (a
 //!   path, or an abstract address written with a leading `@`). [`Notifier`] is the same thing
 //!   bound to an explicit address, for code and tests that must not read the environment.
 //! - `activation.rs`: [`listen_fds`], [`listen_fds_with_names`] and [`listener_from_env`]
@@ -35,6 +36,10 @@
 //!     // ... for each window / batch: run the model, then
 //!     watchdog.ping();
 //! }
+//! // On SIGHUP (`systemctl reload`): RELOADING=1 + MONOTONIC_USEC, then READY=1 either way.
+//! systemd::reloading("reloading the model")?;
+//! // ... load, self-check, swap (or keep the old model) ...
+//! systemd::ready_with_status("serving ...")?;
 //! // On SIGTERM:
 //! systemd::stopping()?;
 //! # Ok::<(), std::io::Error>(())
@@ -51,7 +56,7 @@ pub use activation::{
 };
 pub use journal::{journal_priority, journal_stream_matches, stderr_is_journal};
 pub use notify::{
-    extend_timeout, notify, parse_notify_socket, ready, ready_with_status, status, status_line,
-    stopping, watchdog_ping, Notifier,
+    extend_timeout, monotonic_usec, notify, parse_notify_socket, ready, ready_with_status,
+    reloading, reloading_state, status, status_line, stopping, watchdog_ping, Notifier,
 };
 pub use watchdog::{ping_period, watchdog_interval, watchdog_interval_from, Busy, Watchdog};

@@ -96,6 +96,34 @@ pub fn ready_with_status(msg: &str) -> io::Result<bool> {
     notify(&format!("READY=1\n{}", status_line(msg)))
 }
 
+/// `RELOADING=1`, `MONOTONIC_USEC` (now, on `CLOCK_MONOTONIC`) and `STATUS=msg` in one
+/// datagram: a reload has begun. Follow it with [`ready_with_status`] when the reload ends,
+/// whatever its outcome. systemd >= 253 requires `MONOTONIC_USEC` with `RELOADING=1` (for
+/// `Type=notify-reload`, to tell this reload from an earlier one); older versions ignore it.
+pub fn reloading(msg: &str) -> io::Result<bool> {
+    notify(&reloading_state(monotonic_usec()?, msg))
+}
+
+/// The datagram of [`reloading`] for a reload that began at `usec` on `CLOCK_MONOTONIC`.
+pub fn reloading_state(usec: u64, msg: &str) -> String {
+    format!("RELOADING=1\nMONOTONIC_USEC={usec}\n{}", status_line(msg))
+}
+
+/// `CLOCK_MONOTONIC` now, in microseconds (what systemd's `MONOTONIC_USEC=` is measured on;
+/// std's `Instant` reads the same clock but does not expose its value).
+pub fn monotonic_usec() -> io::Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec that outlives the call, and CLOCK_MONOTONIC is
+    // a clock every Linux kernel has; clock_gettime writes only into `ts`.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000)
+}
+
 /// `STOPPING=1`: shutdown has begun.
 pub fn stopping() -> io::Result<bool> {
     notify("STOPPING=1")
@@ -166,5 +194,23 @@ mod tests {
             .send("STOPPING=1")
             .unwrap();
         assert_eq!(recv(&rx2), "STOPPING=1");
+    }
+
+    #[test]
+    fn reloading_carries_the_monotonic_clock_and_a_status() {
+        let before = std::time::Instant::now();
+        let a = monotonic_usec().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = monotonic_usec().unwrap();
+        // the clock std's Instant reads: the same elapsed time, to a millisecond
+        let elapsed = before.elapsed().as_micros() as u64;
+        assert!(
+            b > a && b - a <= elapsed + 1_000 && b - a + 1_000 >= 20_000,
+            "{a} {b}"
+        );
+        assert_eq!(
+            reloading_state(1_234_567, "reloading\nthe model"),
+            "RELOADING=1\nMONOTONIC_USEC=1234567\nSTATUS=reloading the model"
+        );
     }
 }
