@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Task;
 use crate::engine::{EngineOptions, DEFAULT_MAX_CHARS};
+use crate::pretty::Style;
+use crate::run::Format;
 use crate::server::ServerConfig;
 use crate::tasks::{AnswerOptions, Pooling};
 
@@ -23,12 +25,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Read requests (plain text or JSON lines) from stdin, write one JSON line each to stdout.
+    /// Read requests (plain text or JSON lines) from stdin, answer each one on stdout.
+    ///
+    /// Answers are JSON lines, the contract `serve` has too, when stdout is a pipe or a file,
+    /// and a form for a person to read when stdout is a terminal (the text with flagged
+    /// characters highlighted and their scores, labels, entities inline, an embedding's
+    /// summary); --pretty and --json choose either one whatever stdout is.
     Run(RunArgs),
     /// Serve the same JSON lines on a Unix socket to many clients, within a fixed memory budget.
     Serve(ServeArgs),
     /// Check a model folder: file checksums and golden outputs from manifest.json.
-    Check(RunArgs),
+    Check(CheckArgs),
     /// Write the packed int8 weights sidecar of a model, which later loads memory-map.
     Pack(PackArgs),
 }
@@ -55,6 +62,56 @@ pub struct PackArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// How `run` writes its answers.
+#[derive(Debug, Args, Clone)]
+pub struct OutputArgs {
+    /// Answers for a person to read: each text with its flagged characters highlighted and
+    /// their scores (discriminator), labels with scores (classify), entities inline (tag), an
+    /// embedding's size, norm and first values (embed). The default when stdout is a terminal.
+    #[arg(long, conflicts_with = "json")]
+    pub pretty: bool,
+    /// One JSON line per input line, also when stdout is a terminal (the default for pipes and
+    /// files).
+    #[arg(long)]
+    pub json: bool,
+    /// Colours of the pretty form: auto (when stdout is a terminal and NO_COLOR is not set),
+    /// always, never (highlights marked with brackets instead: 我[门]).
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
+    pub color: ColorArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl OutputArgs {
+    /// The format these flags ask for, given whether stdout is a terminal and whether the
+    /// NO_COLOR convention is in force (the variable set and not empty).
+    pub fn format(&self, stdout_is_terminal: bool, no_color: bool) -> Format {
+        let pretty = self.pretty || (stdout_is_terminal && !self.json);
+        if !pretty {
+            return Format::Json;
+        }
+        let color = match self.color {
+            ColorArg::Always => true,
+            ColorArg::Never => false,
+            ColorArg::Auto => stdout_is_terminal && !no_color,
+        };
+        Format::Pretty(if color { Style::Color } else { Style::Plain })
+    }
 }
 
 /// `electra-edge serve`; limits are documented in docs/serve.md.
@@ -219,5 +276,86 @@ mod tests {
         // asked for more than the cores: as asked
         assert_eq!(split_cores(2, Some(4), Some(2)), (4, 2));
         assert!(available_cores() >= 1);
+    }
+
+    #[test]
+    fn pretty_on_terminals_json_elsewhere_unless_asked() {
+        use ColorArg::*;
+        use Format::*;
+        let output = |pretty, json, color| OutputArgs {
+            pretty,
+            json,
+            color,
+        };
+        // (flags, stdout is a terminal, NO_COLOR) -> format
+        let cases = [
+            (output(false, false, Auto), false, false, Json),
+            (
+                output(false, false, Auto),
+                true,
+                false,
+                Pretty(Style::Color),
+            ),
+            (output(false, false, Auto), true, true, Pretty(Style::Plain)),
+            (output(false, true, Auto), true, false, Json),
+            (
+                output(true, false, Auto),
+                false,
+                false,
+                Pretty(Style::Plain),
+            ),
+            (
+                output(true, false, Always),
+                false,
+                false,
+                Pretty(Style::Color),
+            ),
+            (
+                output(true, false, Always),
+                true,
+                true,
+                Pretty(Style::Color),
+            ),
+            (
+                output(true, false, Never),
+                true,
+                false,
+                Pretty(Style::Plain),
+            ),
+            (
+                output(false, false, Never),
+                true,
+                false,
+                Pretty(Style::Plain),
+            ),
+            (output(false, true, Always), false, false, Json),
+        ];
+        for (args, terminal, no_color, want) in cases {
+            assert_eq!(
+                args.format(terminal, no_color),
+                want,
+                "{args:?}, terminal {terminal}, NO_COLOR {no_color}"
+            );
+        }
+    }
+
+    #[test]
+    fn pretty_and_json_exclude_each_other() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["electra-edge", "run", "--model", "m"]
+                    .iter()
+                    .chain(args)
+                    .copied(),
+            )
+        };
+        assert!(parse(&["--pretty", "--json"]).is_err());
+        let Command::Run(run) = parse(&["--pretty", "--color", "never"]).unwrap().command else {
+            panic!("not run");
+        };
+        assert!(run.output.pretty && run.output.color == ColorArg::Never);
+        assert!(
+            Cli::try_parse_from(["electra-edge", "check", "--model", "m", "--pretty"]).is_err()
+        );
     }
 }

@@ -141,6 +141,16 @@ impl Engine {
         if !(3..=positions).contains(&window) {
             bail!("window of {window} tokens is outside 3..={positions} (max_position_embeddings)");
         }
+        // a table smaller than what is looked up in it would fail every request (see
+        // `model::EmbeddingTables`): refuse the folder now
+        let lookups = crate::model::Lookups {
+            vocabulary: tokenizer.vocab_size(),
+            window,
+            token_types: 1, // every token is of type 0
+        };
+        model.embedding_tables().check(&lookups).with_context(|| {
+            format!("{} does not fit its tokenizer and windows", onnx.display())
+        })?;
         let capacity = window - 2;
         let overlap = options.overlap.unwrap_or(capacity / 4).min(capacity - 1);
         let self_check = options.self_check;

@@ -6,7 +6,8 @@
 //! ```text
 //!  commands   main.rs -> commands/{run,serve,check,pack}.rs, cli.rs (arguments)
 //!     |
-//!  service    protocol/ (JSON lines)   dispatch.rs   run.rs (stdin)   server/ (socket)   systemd/
+//!  service    protocol/ (JSON lines)   pretty.rs   dispatch.rs   run.rs (stdin)   server/ (socket)
+//!             systemd/
 //!     |
 //!  core       engine.rs -> tasks/  model/ -> int8/   tokenize.rs  windows.rs  config.rs
 //!             selfcheck.rs   procfs.rs   cputime.rs
@@ -35,6 +36,7 @@
 //!
 //! Service:
 //! - [`protocol`]: the JSON-lines contract, pure: request parsing, answers and errors as lines.
+//! - [`pretty`]: answers for a person to read (`run --pretty`), pure.
 //! - [`dispatch`]: the one request dispatcher of `run` and `serve` (same contract for both).
 //! - [`run`]: the stdin/stdout loop; [`server`]: the Unix socket service; [`systemd`]:
 //!   sd_notify, socket activation and watchdog, without libsystemd.
@@ -57,6 +59,7 @@ pub mod windows;
 
 // service
 pub mod dispatch;
+pub mod pretty;
 pub mod protocol;
 pub mod run;
 pub mod server;

@@ -91,6 +91,12 @@ impl TextTokenizer {
         })
     }
 
+    /// How many token ids the tokenizer has (its vocabulary with added tokens): the ids it
+    /// produces are below this.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
     /// Tokens of `text` without special tokens, offsets in characters.
     pub fn encode(&self, text: &str) -> Result<Vec<Token>> {
         let encoding = self

@@ -1,4 +1,5 @@
-//! `electra-edge run` as a user runs it: a real process, stdin in, JSON lines out.
+//! `electra-edge run` as a user runs it: a real process, stdin in, JSON lines out (or, with
+//! `--pretty` or on a terminal, answers for a person to read).
 
 mod common;
 
@@ -6,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use common::{copy_folder, electra_edge, fixtures, TempDir};
+use common::{copy_folder, demo_models, electra_edge, fixtures, TempDir};
 use serde_json::Value;
 
 fn run_with_input(args: &[&str], input: &[u8]) -> Output {
@@ -283,4 +284,201 @@ fn broken_model_folders_give_one_clear_error() {
     let out = run_with_input(&["run", "--model", "/nonexistent/model"], b"x\n");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
+}
+
+fn demo_discriminator() -> String {
+    demo_models().join("discriminator").display().to_string()
+}
+
+/// What the pretty form of a discriminator answer is, built from its JSON line: the text with
+/// the flagged spans wrapped in `open` .. `close`, then the detail line.
+fn pretty_from_json(json: &Value, open: &str, close: &str) -> String {
+    let text: String = json["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    let flagged = json["flagged"].as_array().unwrap();
+    let at = |f: &Value, k: &str| f[k].as_u64().unwrap() as usize;
+    let mut first = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if flagged.iter().any(|f| at(f, "start") == i) {
+            first.push_str(open);
+        }
+        first.push(c);
+        if flagged.iter().any(|f| at(f, "end") == i + 1) {
+            first.push_str(close);
+        }
+    }
+    let detail = if flagged.is_empty() {
+        "nothing flagged".to_string()
+    } else {
+        let items: Vec<String> = flagged
+            .iter()
+            .map(|f| {
+                let score = f["score"].as_f64().unwrap() as f32;
+                format!("{open}{}{close} {score:.2}", f["text"].as_str().unwrap())
+            })
+            .collect();
+        format!("flagged: {}", items.join(", "))
+    };
+    format!("{first}\n  {detail}\n")
+}
+
+const PLAIN: (&str, &str) = ("[", "]");
+const COLOR: (&str, &str) = ("\x1b[1;31m", "\x1b[0m");
+
+/// `--pretty` on a pipe is the plain form (brackets, no escapes), showing what the JSON answer
+/// of the same input at the same threshold flags; `--json` and no flag on a pipe are the same
+/// JSON lines; `--color always` draws the highlights with escapes; error lines are one line.
+#[test]
+fn pretty_and_json_through_the_binary() {
+    let model = demo_discriminator();
+    let input = "我门今天去学校上课。\n他在图书馆看书\n\n";
+    for threshold in ["0.5", "0.1"] {
+        let args = |extra: &[&'static str]| {
+            let mut a = vec!["run", "--model", &model, "--threshold", threshold];
+            a.extend_from_slice(extra);
+            a.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+        };
+        let run = |extra: &[&'static str]| {
+            let a = args(extra);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let out = run_with_input(&a, input.as_bytes());
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        };
+        let json = run(&["--json"]);
+        assert_eq!(
+            json.stdout,
+            run(&[]).stdout,
+            "JSON lines by default on a pipe"
+        );
+        let answers = lines(&json);
+        assert_eq!(answers[2]["error"]["code"], "empty_text");
+        let message = answers[2]["error"]["message"].as_str().unwrap();
+        for (flags, (open, close), error) in [
+            (&["--pretty"][..], PLAIN, "error"),
+            (
+                &["--pretty", "--color", "always"][..],
+                COLOR,
+                "\x1b[1;31merror\x1b[0m",
+            ),
+        ] {
+            let pretty = String::from_utf8(run(flags).stdout).unwrap();
+            let want = format!(
+                "{}{}{error} (empty_text): {message}\n",
+                pretty_from_json(&answers[0], open, close),
+                pretty_from_json(&answers[1], open, close),
+            );
+            assert_eq!(pretty, want, "{flags:?} at {threshold}");
+        }
+    }
+}
+
+/// Runs `run` with its stdout on a pseudo-terminal (stdin and stderr piped), `input` on stdin;
+/// returns what the terminal received, its line ends back to `\n`.
+fn run_on_terminal(args: &[&str], env: &[(&str, &str)], input: &str) -> String {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes the two descriptors it opens into `master` and `slave`; a null
+    // name, termios and window size are allowed (no name returned, default settings).
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened by openpty and nothing else owns them.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            OwnedFd::from_raw_fd(slave),
+        )
+    };
+    // the command (and its copy of the terminal's slave end) is dropped once spawned: the
+    // master then reads end of file (EIO) when the child exits
+    let mut child = {
+        let mut command = electra_edge();
+        command
+            .args(args)
+            .env_remove("NO_COLOR")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(slave))
+            .stderr(Stdio::piped());
+        command.spawn().unwrap()
+    };
+    let reader = std::thread::spawn(move || {
+        let mut master = master;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = reader.join().unwrap();
+    String::from_utf8(got).unwrap().replace("\r\n", "\n")
+}
+
+/// On a terminal: the pretty form in colour by default, plain with NO_COLOR or `--color
+/// never`, JSON lines with `--json`; each the same answer as on a pipe.
+#[test]
+fn a_terminal_gets_the_pretty_form_unless_json_is_asked() {
+    let model = demo_discriminator();
+    let input = "我门今天去学校上课。\n";
+    let base = ["run", "--model", model.as_str()];
+    let piped = run_with_input(&[&base[..], &["--json"]].concat(), input.as_bytes());
+    let answer = &lines(&piped)[0];
+    let terminal = run_on_terminal(&base, &[], input);
+    assert_eq!(terminal, pretty_from_json(answer, COLOR.0, COLOR.1));
+    let plain = pretty_from_json(answer, PLAIN.0, PLAIN.1);
+    assert_eq!(run_on_terminal(&base, &[("NO_COLOR", "1")], input), plain);
+    let never = [&base[..], &["--color", "never"]].concat();
+    assert_eq!(run_on_terminal(&never, &[], input), plain);
+    let json = [&base[..], &["--json"]].concat();
+    assert_eq!(
+        run_on_terminal(&json, &[], input).as_bytes(),
+        &piped.stdout[..]
+    );
+}
+
+#[test]
+fn run_help_documents_the_output_forms() {
+    let out = electra_edge().args(["run", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--pretty",
+        "--json",
+        "--color <WHEN>",
+        "terminal",
+        "NO_COLOR",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
 }

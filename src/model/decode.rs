@@ -35,9 +35,11 @@ impl Decoded {
     /// The fingerprint a packed-weights sidecar records: every byte of the ONNX file and of
     /// the external-data files it names (weights there can change while the ONNX file stays
     /// byte for byte the same). A file that cannot be read counts as empty (the parse then
-    /// fails on it anyway).
+    /// fails on it anyway). For a file naming no external data, `model_fingerprint` of it.
     pub fn fingerprint(&self) -> u64 {
-        let mut h = super::weights::model_fingerprint(&self.map[..]);
+        // the sidecar format's hash, which `model_fingerprint` is
+        let fingerprint_of = crate::int8::sidecar::fingerprint;
+        let mut h = fingerprint_of(&self.map[..]);
         for path in &self.external {
             let file = File::open(path).ok();
             // SAFETY: read-only and dropped at the end of this iteration; the files are
@@ -45,8 +47,8 @@ impl Decoded {
             let map = file.and_then(|f| unsafe { Mmap::map(&f) }.ok());
             let bytes: &[u8] = map.as_deref().unwrap_or_default();
             let mut pair = h.to_le_bytes().to_vec();
-            pair.extend(super::weights::model_fingerprint(bytes).to_le_bytes());
-            h = super::weights::model_fingerprint(&pair);
+            pair.extend(fingerprint_of(bytes).to_le_bytes());
+            h = fingerprint_of(&pair);
         }
         h
     }

@@ -55,6 +55,7 @@
 
 mod contrib;
 mod decode;
+mod embeddings;
 mod inputs;
 mod memory;
 mod onnx_ops;
@@ -69,6 +70,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use tract_onnx::prelude::*;
 
+pub use embeddings::{EmbeddingTables, Lookups};
 pub use weights::{
     cache_dir_from_env, cached_sidecar_path, model_fingerprint, pack, sidecar_path, CannotWrite,
     PackReport, WeightsInfo, WeightsSource, CACHE_ENV, SIDECAR_EXT,
@@ -99,6 +101,9 @@ pub struct Model {
     pub load_timings: Vec<(&'static str, f64)>,
     /// Where the fused int8 matmuls' weights live.
     pub weights: WeightsInfo,
+    /// Rows of the embedding tables, for the check against the tokenizer
+    /// ([`EmbeddingTables::check`]).
+    embeddings: EmbeddingTables,
 }
 
 /// One batch row's output: the model output without the batch axis, padding removed.
@@ -185,6 +190,7 @@ impl Model {
         });
         let (mut typed, inputs) = parsed?;
         drop(decoded);
+        let embeddings = EmbeddingTables::find(&typed, &inputs);
         // the decoded proto and tract's inference model are gone: give their memory back
         // before the next stages allocate (keeps the load's peak RSS down)
         release_free_heap();
@@ -226,6 +232,7 @@ impl Model {
             path: path.to_owned(),
             load_timings: stages.timings,
             weights,
+            embeddings,
         })
     }
 
@@ -272,6 +279,12 @@ impl Model {
             .collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v
+    }
+
+    /// The graph's embedding tables, as found at load: what the engine checks against its
+    /// tokenizer and windows before serving.
+    pub fn embedding_tables(&self) -> &EmbeddingTables {
+        &self.embeddings
     }
 
     /// Whether outputs have one entry per token (discriminator, tagger, encoder).
