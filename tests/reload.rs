@@ -558,7 +558,7 @@ fn a_broken_folder_keeps_the_old_model_serving() {
 /// never overlap: RELOADING=1 and READY=1 alternate); SIGTERM during a reload still shuts down
 /// cleanly: STOPPING=1, no READY=1 after it, exit 0, every request read answered.
 #[test]
-fn sighups_during_a_reload_coalesce_and_sigterm_during_one_exits_cleanly() {
+fn sighups_during_a_small_model_reload_coalesce_and_sigterm_during_one_exits_cleanly() {
     let dir = TempDir::new("reload-coalesce");
     let link = dir.path().join("model");
     switch(&link, &small());
