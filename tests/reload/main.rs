@@ -1,355 +1,69 @@
 //! `electra-edge serve` reloading its model on SIGHUP (what `systemctl reload` sends), without
 //! systemd: the binary on a socket in a temp folder, its model folder a symlink the test
 //! switches, `NOTIFY_SOCKET` a datagram socket the test reads. Run with
-//! `cargo test --release --test reload`.
+//! `cargo test --release --test reload`. The helpers are in `harness.rs`.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod harness;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{electra_edge, fixtures, TempDir};
-use electra_edge::engine::{Engine, EngineOptions};
-use electra_edge::procfs::{status_bytes, Pid};
+use common::TempDir;
+use harness::*;
 use serde_json::Value;
 
-fn tiny() -> PathBuf {
-    fixtures().join("electra-tiny-zh/discriminator")
+/// What the test and the pipelining clients share.
+#[derive(Default)]
+struct Progress {
+    stop: AtomicBool,
+    /// Set once the test has seen the reload's READY=1.
+    reloaded: AtomicBool,
+    /// Per client: answers read, and requests written after `reloaded` was set.
+    answered: [AtomicUsize; 16],
+    written_after: [AtomicUsize; 16],
 }
 
-fn small() -> PathBuf {
-    fixtures().join("electra-small-zh/discriminator")
-}
+/// Lines a client writes ahead of its answers: past the server's in-flight cap (4), so the
+/// server always has the next line waiting, and not thousands in the socket's buffers.
+const DEPTH: usize = 8;
 
-/// The demo discriminator: trained, with a manifest (so its load runs the self-check), and
-/// answers unlike the fixtures'.
-fn demo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/discriminator")
-}
-
-/// `CLOCK_MONOTONIC` in microseconds, what `MONOTONIC_USEC=` is measured on.
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0);
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
-}
-
-/// Points the symlink `link` at `target`, atomically (a new link renamed over the old one), as
-/// an operator switching models would.
-fn switch(link: &Path, target: &Path) {
-    let tmp = link.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).unwrap();
-    std::fs::rename(&tmp, link).unwrap();
-}
-
-/// A copy of the folder `from` in `to` (files only).
-fn copy_folder(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
-const TEXTS: [&str; 4] = [
-    "我爱北京天安门",
-    "今天天汽很好",
-    "边缘设备上的推理",
-    "这家餐厅的菜味道不错",
-];
-
-/// What `model` answers to each of [`TEXTS`] (the answer object without its `id`), in process:
-/// the same JSON the server writes.
-fn answers_of(model: &Path) -> Vec<Value> {
-    let engine = Engine::load(model, EngineOptions::default()).unwrap();
-    TEXTS
-        .iter()
-        .map(|text| {
-            let line = format!("{{\"id\":0,\"text\":\"{text}\"}}\n");
-            let mut out = Vec::new();
-            electra_edge::run::serve_lines(&engine, line.as_bytes(), &mut out).unwrap();
-            without_id(serde_json::from_slice(&out).unwrap())
-        })
-        .collect()
-}
-
-fn without_id(mut v: Value) -> Value {
-    v.as_object_mut().unwrap().remove("id");
-    v
-}
-
-/// Every `sd_notify` datagram the server sends, in order, read on a thread.
-struct Notifications {
-    seen: Arc<Mutex<Vec<String>>>,
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Notifications {
-    fn bind(dir: &Path) -> Notifications {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (seen, stop) = (seen.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while !stop.load(Ordering::SeqCst) {
-                    if let Ok(n) = sock.recv(&mut buf) {
-                        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                        seen.lock().unwrap().push(msg);
-                    }
-                }
-            })
-        };
-        Notifications {
-            seen,
-            path,
-            stop,
-            reader: Some(reader),
-        }
-    }
-
-    /// The datagrams since the start-up's READY=1 (included), watchdog pings left out.
-    fn lifecycle(&self) -> Vec<String> {
-        let seen = self.seen.lock().unwrap();
-        let ready = seen.iter().position(|m| has_line(m, "READY=1"));
-        seen[ready.unwrap_or(seen.len())..]
-            .iter()
-            .filter(|m| *m != "WATCHDOG=1")
-            .cloned()
-            .collect()
-    }
-
-    /// Waits until `n` lifecycle datagrams have come that satisfy `is`, and returns them all.
-    fn wait_for(&self, n: usize, what: &str, is: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let all = self.lifecycle();
-            if all.iter().filter(|m| is(m)).count() >= n {
-                return all;
-            }
-            assert!(Instant::now() < deadline, "no {what} in time: {all:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Notifications {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-fn has_line(msg: &str, line: &str) -> bool {
-    msg.lines().any(|l| l == line)
-}
-
-fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
-    msg.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// The binary serving the symlink `model` on `dir/s.sock`, telling `notify` what it does.
-struct Server {
-    child: Child,
-    path: PathBuf,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Server {
-    fn start(dir: &Path, model: &Path, notify: &Notifications, extra: &[&str]) -> Server {
-        let path = dir.join("s.sock");
-        let mut child = electra_edge()
-            .arg("serve")
-            .arg("--model")
-            .arg(model)
-            .arg("--socket")
-            .arg(&path)
-            .args(extra)
-            .env("NOTIFY_SOCKET", &notify.path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        notify.wait_for(1, "READY=1", |m| has_line(m, "READY=1"));
-        Server {
-            child,
-            path,
-            stderr: Some(stderr),
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) with our own child's pid and a valid signal number; no memory is
-        // passed.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-    }
-
-    fn stats(&self) -> Value {
-        let mut c = Client::connect(&self.path);
-        c.send(b"{\"cmd\":\"stats\"}\n");
-        c.recv().expect("stats")["stats"].clone()
-    }
-
-    fn vm(&self, field: &str) -> u64 {
-        status_bytes(Pid::Other(self.child.id()), &[field])[0]
-    }
-
-    /// SIGTERM, then the exit status and stderr.
-    fn stop(self) -> (bool, String) {
-        self.signal(libc::SIGTERM);
-        self.wait()
-    }
-
-    /// The exit status and stderr.
-    fn wait(mut self) -> (bool, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (
-            status.success(),
-            self.stderr.take().unwrap().join().unwrap(),
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-/// The numbers of the `stopped:` line printed at exit: requests, answered, unanswered.
-fn stopped_counts(stderr: &str) -> (u64, u64, u64) {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("stopped:"))
-        .unwrap_or_else(|| panic!("no stopped line in {stderr}"));
-    let number_before = |word: &str| -> u64 {
-        let i = line.find(word).unwrap();
-        let n = line[..i].trim_end().rsplit(' ').next().unwrap();
-        n.parse().unwrap()
-    };
-    (
-        number_before(" requests"),
-        number_before(" answered"),
-        number_before(" unanswered"),
-    )
-}
-
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.contains("ERROR")).collect()
-}
-
-struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Client {
-    fn connect(path: &Path) -> Client {
-        let stream = UnixStream::connect(path).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    fn recv(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => None,
-            Ok(_) => Some(serde_json::from_str(&line).unwrap()),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
-            Err(e) => panic!("read failed: {e}"),
-        }
-    }
-
-    fn ask(&mut self, text: &str) -> Value {
-        self.send(format!("{{\"id\":\"q\",\"text\":\"{text}\"}}\n").as_bytes());
-        self.recv().expect("an answer")
-    }
-}
-
-/// Which model answered: 0 the old, 1 the new.
-fn which(answer: Value, text: usize, old: &[Value], new: &[Value]) -> u8 {
-    let a = without_id(answer);
-    if a == old[text] {
-        0
-    } else if a == new[text] {
-        1
-    } else {
-        panic!("an answer from neither model: {a}")
-    }
-}
-
-/// One pipelining client: a sender thread writes requests without waiting (up to the server's
-/// in-flight cap, then the socket's buffers hold it back) until `stop`; this thread reads every
-/// answer. Returns, per request in order, (which model answered, whether the request was
-/// written after `reloaded` was set).
+/// One pipelining client: a sender thread writes requests, up to [`DEPTH`] ahead of the
+/// answers, until `stop`; this thread reads every answer. Returns, per request in order, (which
+/// model answered, whether the request was written after `reloaded` was set).
 fn pipelining_client(
     path: PathBuf,
     client: usize,
-    stop: Arc<AtomicBool>,
-    reloaded: Arc<AtomicBool>,
+    progress: Arc<Progress>,
     old: Arc<Vec<Value>>,
     new: Arc<Vec<Value>>,
 ) -> Vec<(u8, bool)> {
     let mut c = Client::connect(&path);
     let mut writer = c.writer.try_clone().unwrap();
+    let p = progress.clone();
     let sender = std::thread::spawn(move || {
         let mut after = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
+        while !p.stop.load(Ordering::SeqCst) {
             let i = after.len();
+            if i - p.answered[client].load(Ordering::SeqCst) >= DEPTH {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             // read before the line is written: a line written after the flag was set cannot
             // have been read before the reload completed
-            after.push(reloaded.load(Ordering::SeqCst));
+            let written_after = p.reloaded.load(Ordering::SeqCst);
+            after.push(written_after);
             let text = TEXTS[(client + i) % TEXTS.len()];
             let line = format!("{{\"id\":\"{client}-{i}\",\"text\":\"{text}\"}}\n");
             writer.write_all(line.as_bytes()).unwrap();
+            if written_after {
+                p.written_after[client].fetch_add(1, Ordering::SeqCst);
+            }
         }
         writer.shutdown(std::net::Shutdown::Write).unwrap();
         after
@@ -360,6 +74,7 @@ fn pipelining_client(
         assert_eq!(a["id"], format!("{client}-{i}"), "out of order: {a}");
         assert!(a.get("error").is_none(), "an error: {a}");
         models.push(which(a, (client + i) % TEXTS.len(), &old, &new));
+        progress.answered[client].fetch_add(1, Ordering::SeqCst);
     }
     let after = sender.join().unwrap();
     assert_eq!(
@@ -368,6 +83,15 @@ fn pipelining_client(
         "client {client}: answers != requests"
     );
     models.into_iter().zip(after).collect()
+}
+
+/// Waits until every client's `count` is at least `n`.
+fn wait_all(counts: &[AtomicUsize; 16], n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while counts.iter().any(|c| c.load(Ordering::SeqCst) < n) {
+        assert!(Instant::now() < deadline, "not every client got {n} {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// 16 clients pipelining continuously while the model folder (a symlink) is switched to another
@@ -389,24 +113,27 @@ fn sighup_swaps_the_model_under_16_pipelining_clients() {
     let before = server.stats();
     assert_eq!(before["model_generation"], 0);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let reloaded = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
     let clients: Vec<_> = (0..16)
         .map(|client| {
-            let (path, stop, reloaded) = (server.path.clone(), stop.clone(), reloaded.clone());
+            let (path, progress) = (server.path.clone(), progress.clone());
             let (old, new) = (old.clone(), new.clone());
-            std::thread::spawn(move || pipelining_client(path, client, stop, reloaded, old, new))
+            std::thread::spawn(move || pipelining_client(path, client, progress, old, new))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_all(&progress.answered, 2 * DEPTH, "answers before the reload");
     switch(&link, &demo());
     let signalled = monotonic_usec();
     server.signal(libc::SIGHUP);
     let seen = notify.wait_for(2, "READY=1 after the reload", |m| has_line(m, "READY=1"));
-    reloaded.store(true, Ordering::SeqCst);
+    progress.reloaded.store(true, Ordering::SeqCst);
     let ready_seen = monotonic_usec();
-    std::thread::sleep(Duration::from_millis(1000));
-    stop.store(true, Ordering::SeqCst);
+    wait_all(
+        &progress.written_after,
+        2 * DEPTH,
+        "requests written after READY=1",
+    );
+    progress.stop.store(true, Ordering::SeqCst);
     let results: Vec<Vec<(u8, bool)>> = clients.into_iter().map(|c| c.join().unwrap()).collect();
 
     let (mut from_old, mut from_new, mut after) = (0, 0, 0);
