@@ -1059,7 +1059,7 @@ fn load_64_clients_every_request_answered_once_within_budget() {
 /// clients, each writing its 100 requests before reading (the queue's 64 slots fill at once;
 /// readers wait for room instead of answering `busy`). Every id is answered once, in order,
 /// without an error, and the peak RSS stays within the stated budget, which is at most 128 MiB
-/// for 2 workers besides the allowance for a reload's second model (`tests/reload.rs` checks
+/// for 2 workers besides the allowance for a reload's second model (`tests/reload/` checks
 /// that one).
 #[test]
 fn pipelining_clients_on_the_small_model_with_default_limits() {

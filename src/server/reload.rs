@@ -193,6 +193,8 @@ fn reload_once(server: &Server) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
             let _ = systemd::ready_with_status(&why);
+            // what the failed load allocated
+            release_free_heap();
         }
     }
 }
