@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -107,10 +108,23 @@ def test_quantize_verify_per_tensor_int8(tiny, head, tmp_path):
         if r is not None:  # the first golden sentence is also in sentences.txt
             assert g["input_ids"] == r["input_ids"]
             np.testing.assert_allclose(flat(g["ort_fp32"]), flat(r["ort_fp32"]), atol=2e-6)
-            # the fixtures were quantized the same way (onnxruntime 1.32.0, per-tensor int8)
-            np.testing.assert_allclose(flat(g["ort_int8"]), flat(r["ort_int8"]), atol=1e-4 if
-                                       onnxruntime.__version__ == "1.32.0" else v["bound"])
+            # the fixtures were quantized the same way (onnxruntime 1.32.0, per-tensor int8) and run
+            # on x86-64 AVX2 without VNNI, where onnxruntime's u8 x s8 kernel saturates int16 pair
+            # sums; with VNNI (or on ARM) it computes exactly, which moves the tiny models' outputs
+            # by up to ~0.005 (models/README.md: the tiny tagger's per-tensor int8 error, 0.0045)
+            same = onnxruntime.__version__ == "1.32.0"
+            atol = (1e-4 if u8s8_saturates() else 1e-2) if same else v["bound"]
+            np.testing.assert_allclose(flat(g["ort_int8"]), flat(r["ort_int8"]), atol=atol)
     assert any(g["text"] in ref for g in gold)
+
+
+def u8s8_saturates() -> bool:
+    """onnxruntime's u8 x s8 MatMulInteger saturates on x86-64 with AVX2 but without VNNI."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
 
 
 def flat(x):
