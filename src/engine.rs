@@ -5,6 +5,10 @@
 //! Loading runs load -> warm-up (one short input through the whole path, which also checks
 //! that the output shape fits the task) -> self-check (the manifest's golden outputs, when the
 //! folder has them; see [`crate::selfcheck`]) before the engine answers anything.
+//!
+//! The folder path is resolved first (it may be a symlink an operator switches between model
+//! folders) and every file is read from that one resolved folder. [`Engine::reload`] loads the
+//! same path again with the same options, resolving it anew.
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +67,10 @@ pub struct Engine {
     pub config: ModelConfig,
     pub tokenizer: TextTokenizer,
     pub model: Model,
+    /// The folder path as given (it may be a symlink).
     pub dir: PathBuf,
+    /// The folder the files were read from: `dir` with every symlink resolved.
+    pub folder: PathBuf,
     /// Text tokens per window (window size minus `[CLS]` and `[SEP]`).
     capacity: usize,
     overlap: usize,
@@ -89,7 +96,11 @@ impl Engine {
                 dir.display()
             );
         }
-        let config = ModelConfig::load(&dir.join("config.json"))?;
+        // Resolved once: a link switched during the load does not mix two folders' files.
+        let folder = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve the model folder {}", dir.display()))?;
+        let config = ModelConfig::load(&folder.join("config.json"))?;
         let task = match options.task {
             Some(task) => task,
             None => config.task()?,
@@ -97,7 +108,7 @@ impl Engine {
         let onnx = match options.onnx_file.clone() {
             Some(file) => file,
             None => {
-                let choice = crate::folder::find_onnx(dir)?;
+                let choice = crate::folder::find_onnx(&folder)?;
                 log::info!("model file: {} ({})", choice.path.display(), choice.why);
                 choice.path
             }
@@ -109,7 +120,7 @@ impl Engine {
         };
         // The tokenizer (~10% of the start: parsing tokenizer.json) loads on a second thread
         // while the model loads; its error, if any, comes first as before.
-        let tokenizer_dir = crate::folder::tokenizer_dir(dir, &onnx);
+        let tokenizer_dir = crate::folder::tokenizer_dir(&folder, &onnx);
         let (tokenizer, model) = std::thread::scope(|s| {
             let tokenizer = std::thread::Builder::new()
                 .name("tokenizer-load".into())
@@ -149,6 +160,7 @@ impl Engine {
             tokenizer,
             model,
             dir: dir.to_owned(),
+            folder,
             capacity,
             overlap,
             options,
@@ -169,6 +181,13 @@ impl Engine {
             engine.self_check = Some(report);
         }
         Ok(engine)
+    }
+
+    /// The same folder path loaded again with the same options (load, warm-up, self-check),
+    /// the path resolved anew: a symlink switched to another model folder loads that folder.
+    /// `self` is left as it was, whatever the outcome.
+    pub fn reload(&self) -> Result<Engine> {
+        Engine::load(&self.dir, self.options.clone())
     }
 
     /// One short input through tokenizer, model and task: the first real request then costs no
@@ -299,7 +318,9 @@ impl Engine {
 
     /// The manifest's golden check on this engine (see [`crate::selfcheck`]).
     pub fn self_check(&self) -> Result<crate::selfcheck::Report> {
-        crate::selfcheck::check(&self.dir, self.capacity + 2, |text| self.raw_output(text))
+        crate::selfcheck::check(&self.folder, self.capacity + 2, |text| {
+            self.raw_output(text)
+        })
     }
 
     /// Text tokens one window holds (the window minus `[CLS]` and `[SEP]`).

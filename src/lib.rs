@@ -7,7 +7,7 @@
 //!  commands   main.rs -> commands/{run,serve,check,pack}.rs, cli.rs (arguments)
 //!     |
 //!  service    protocol/ (JSON lines)   pretty.rs   dispatch.rs   run.rs (stdin)   server/ (socket)
-//!             systemd.rs
+//!             systemd/
 //!     |
 //!  core       engine.rs -> tasks/  model/ -> int8/   tokenize.rs  windows.rs  config.rs
 //!             selfcheck.rs   procfs.rs   cputime.rs

@@ -9,7 +9,7 @@ use crate::cli::{available_cores, split_cores, ServeArgs};
 use crate::engine::Engine;
 use crate::procfs;
 use crate::server::{
-    parse_group, parse_mode, serve_with_budget, Budget, ServerConfig, Shutdown, SocketFile,
+    parse_group, parse_mode, serve_with_budget, Budget, Reload, ServerConfig, Shutdown, SocketFile,
 };
 use crate::systemd;
 
@@ -18,7 +18,7 @@ fn seconds(s: f64, what: &str) -> Result<Duration> {
 }
 
 /// `electra-edge serve`: socket activation or `--socket`, signals, load, [`serve_with_budget`],
-/// clean-up.
+/// clean-up. SIGTERM and SIGINT shut down; SIGHUP reloads the model folder (see [`Reload`]).
 pub fn serve(args: &ServeArgs) -> Result<()> {
     // First, while single-threaded: a socket passed by systemd.
     let activated = if args.print_budget {
@@ -34,6 +34,11 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         signal_hook::flag::register(signal, shutdown.flag())
             .context("cannot install signal handlers")?;
     }
+    // SIGHUP (`systemctl reload`): reload the model. Installed before the load, so a SIGHUP
+    // during start-up does not end the process (it is served once the server runs).
+    let reload = Reload::new();
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.flag())
+        .context("cannot install signal handlers")?;
     let mode = parse_mode(&args.socket_mode)?;
     let group = args.socket_group.as_deref().map(parse_group).transpose()?;
     // Bind before the (slow) load: a live server is refused at once, and clients that connect
@@ -55,6 +60,8 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             "{workers} workers x {threads} threads oversubscribe the {cores} cores available"
         );
     }
+    // The process without a model: what a reload's second model comes on top of.
+    let (floor, _) = procfs::rss();
     let mut engine = Engine::load(&args.model.model, args.model.engine_options(threads))?;
     let mut config = ServerConfig::for_engine(&engine);
     config.workers = workers;
@@ -73,7 +80,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     config.write_timeout = seconds(args.write_timeout, "--write-timeout")?;
     config.check()?;
     let _ = systemd::status("warming up at the largest window");
-    let mut budget = Budget::measure(&engine, &config)?;
+    let mut budget = Budget::measure(&engine, &config, Some(floor))?;
     // Default workers: as many as the cores, unless the cgroup's memory limit (MemoryMax=)
     // cannot hold their budget; then fewer, each with more threads.
     if let (None, Some(limit)) = (args.workers, procfs::cgroup_memory_max()) {
@@ -107,7 +114,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         |f| f.path.display().to_string(),
     );
     eprintln!("electra-edge: serving on {where_}; {budget}");
-    let report = serve_with_budget(Arc::new(engine), listener, config, shutdown, budget)?;
+    let report = serve_with_budget(Arc::new(engine), listener, config, shutdown, reload, budget)?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     eprintln!(
         "electra-edge: stopped: {} connections ({} rejected), {} requests, {} answered, \

@@ -21,6 +21,7 @@ const ERROR_LINE: u64 = MAX_ID_BYTES as u64 + 1024;
 ///
 /// ```text
 /// total = base
+///       + reload
 ///       + (workers - 1) * window_peak
 ///       + workers * (worker_stack + request_state)
 ///       + max_connections * per_connection
@@ -50,7 +51,16 @@ const ERROR_LINE: u64 = MAX_ID_BYTES as u64 + 1024;
 ///
 /// `base` is `VmHWM` after the model is loaded and one full-size window (the longest the model
 /// runs) went through it with every answer option on: weights, plan, tokenizer and one window's
-/// peak activations. `window_peak` is how much that one run raised the high-water mark (each
+/// peak activations.
+///
+/// `reload` is what a reload (SIGHUP) adds: the new model is loaded, self-checked and warmed up
+/// beside the one serving, which is dropped only once the new one answers, so for a moment the
+/// process holds two models. It is one model at its load peak: `base - floor`, where `floor` is
+/// `VmRSS` before the model was loaded (the process without a model; when unknown, 0, and the
+/// reload counts the whole base). A reload to a bigger model raises the budget's model parts to
+/// what the reload measured ([`Budget::after_reload`]); they never shrink.
+///
+/// `window_peak` is how much that one run raised the high-water mark (each
 /// further worker can hold one). `answer_per_char` is that run's typed answer per character;
 /// `max_response` what the longest request (`max_chars` characters of 4 bytes, the largest id)
 /// holds with its answer.
@@ -58,6 +68,8 @@ const ERROR_LINE: u64 = MAX_ID_BYTES as u64 + 1024;
 pub struct Budget {
     pub model_file: u64,
     pub base: u64,
+    pub floor: u64,
+    pub reload: u64,
     pub window_peak: u64,
     pub answer_per_char: u64,
     pub max_chars: u64,
@@ -72,47 +84,108 @@ pub struct Budget {
     pub total: u64,
 }
 
+/// One full-size window through `engine` with every answer option on: the answer's bytes per
+/// character, and `VmRSS` before and `VmHWM` after the run.
+fn full_window(engine: &Engine) -> Result<(u64, u64, u64)> {
+    let chars = engine.window_capacity();
+    let text: String = "我爱北京天安门，今天天气很好。"
+        .chars()
+        .cycle()
+        .take(chars)
+        .collect();
+    let options = AnswerOptions {
+        raw: true,
+        tokens: true,
+        ..engine.options.defaults.clone()
+    };
+    let (rss_before, _) = rss();
+    let response = engine
+        .answer(&text, &options)
+        .context("full-window warm-up failed")?;
+    let answer_per_char = (response.heap_bytes() as u64).div_ceil(chars.max(1) as u64);
+    let (_, hwm) = rss();
+    Ok((answer_per_char, rss_before, hwm))
+}
+
+fn model_file(engine: &Engine) -> u64 {
+    engine.model.path.metadata().map_or(0, |m| m.len())
+}
+
+/// The measured parts of a [`Budget`] (bytes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measured {
+    pub model_file: u64,
+    pub base: u64,
+    pub floor: u64,
+    pub reload: u64,
+    pub window_peak: u64,
+    pub answer_per_char: u64,
+    pub max_chars: u64,
+}
+
 impl Budget {
-    /// Runs one full window through `engine` and computes the budget for `config`.
-    pub fn measure(engine: &Engine, config: &ServerConfig) -> Result<Budget> {
-        let chars = engine.window_capacity();
-        let text: String = "我爱北京天安门，今天天气很好。"
-            .chars()
-            .cycle()
-            .take(chars)
-            .collect();
-        let options = AnswerOptions {
-            raw: true,
-            tokens: true,
-            ..engine.options.defaults.clone()
-        };
-        let (rss_before, _) = rss();
-        let response = engine
-            .answer(&text, &options)
-            .context("full-window warm-up failed")?;
-        let answer_per_char = (response.heap_bytes() as u64).div_ceil(chars.max(1) as u64);
-        let (_, hwm) = rss();
-        let model_file = engine.model.path.metadata().map_or(0, |m| m.len());
+    /// Runs one full window through `engine` and computes the budget for `config`. `floor` is
+    /// `VmRSS` before the engine was loaded, when known (see [`Budget`]'s `reload`).
+    pub fn measure(engine: &Engine, config: &ServerConfig, floor: Option<u64>) -> Result<Budget> {
+        let (answer_per_char, rss_before, hwm) = full_window(engine)?;
+        let floor = floor.unwrap_or(0).min(hwm);
         Ok(Budget::compute(
             config,
-            model_file,
-            hwm,
-            hwm.saturating_sub(rss_before),
-            answer_per_char,
-            engine.options.max_chars as u64,
+            Measured {
+                model_file: model_file(engine),
+                base: hwm,
+                floor,
+                reload: hwm - floor,
+                window_peak: hwm.saturating_sub(rss_before),
+                answer_per_char,
+                max_chars: engine.options.max_chars as u64,
+            },
         ))
+    }
+
+    /// The budget once a reload has loaded `engine` beside the serving model: `rss_before_load`
+    /// and `hwm_before_load` are `VmRSS` and `VmHWM` from just before the load started, and
+    /// `hwm_after_load` `VmHWM` after it. Runs the new model's full-size window (as
+    /// [`Budget::measure`] does at start-up). Where the high-water mark rose, the new model
+    /// needed more than the budget knew: the reload term becomes that rise over
+    /// `rss_before_load` (the load's peak), the window peak the window's; nothing shrinks.
+    pub fn after_reload(
+        &self,
+        engine: &Engine,
+        config: &ServerConfig,
+        rss_before_load: u64,
+        hwm_before_load: u64,
+        hwm_after_load: u64,
+    ) -> Result<Budget> {
+        let (answer_per_char, rss_before_window, hwm) = full_window(engine)?;
+        let mut m = self.measured();
+        if hwm_after_load > hwm_before_load {
+            m.reload = m.reload.max(hwm_after_load - rss_before_load);
+        }
+        if hwm > hwm_after_load {
+            m.window_peak = m.window_peak.max(hwm.saturating_sub(rss_before_window));
+        }
+        m.base = m.base.max(m.floor + m.reload);
+        m.answer_per_char = m.answer_per_char.max(answer_per_char);
+        m.model_file = model_file(engine);
+        Ok(Budget::compute(config, m))
     }
 
     /// The budget for another `config` (same model and measurements).
     pub fn for_config(&self, config: &ServerConfig) -> Budget {
-        Budget::compute(
-            config,
-            self.model_file,
-            self.base,
-            self.window_peak,
-            self.answer_per_char,
-            self.max_chars,
-        )
+        Budget::compute(config, self.measured())
+    }
+
+    fn measured(&self) -> Measured {
+        Measured {
+            model_file: self.model_file,
+            base: self.base,
+            floor: self.floor,
+            reload: self.reload,
+            window_peak: self.window_peak,
+            answer_per_char: self.answer_per_char,
+            max_chars: self.max_chars,
+        }
     }
 
     /// The most workers, at most `config.workers` and at least 1, whose budget fits `limit`.
@@ -135,15 +208,17 @@ impl Budget {
         request.heap_bytes() as u64 + self.answer_per_char * chars + HELD_OVERHEAD
     }
 
-    /// The formula of [`Budget`], from measured `base`, `window_peak` and `answer_per_char`.
-    pub fn compute(
-        config: &ServerConfig,
-        model_file: u64,
-        base: u64,
-        window_peak: u64,
-        answer_per_char: u64,
-        max_chars: u64,
-    ) -> Budget {
+    /// The formula of [`Budget`], from the measured parts.
+    pub fn compute(config: &ServerConfig, measured: Measured) -> Budget {
+        let Measured {
+            model_file,
+            base,
+            floor,
+            reload,
+            window_peak,
+            answer_per_char,
+            max_chars,
+        } = measured;
         let c = config;
         let line = c.max_line_bytes as u64;
         let max_request =
@@ -164,6 +239,8 @@ impl Budget {
         Budget {
             model_file,
             base,
+            floor,
+            reload,
             window_peak,
             answer_per_char,
             max_chars,
@@ -175,7 +252,7 @@ impl Budget {
             held,
             parsing,
             slack,
-            total: base + workers + connections + held + parsing + slack,
+            total: base + reload + workers + connections + held + parsing + slack,
         }
     }
 
@@ -184,6 +261,8 @@ impl Budget {
             "total": self.total,
             "model_file": self.model_file,
             "base": self.base,
+            "floor": self.floor,
+            "reload": self.reload,
             "window_peak": self.window_peak,
             "max_response": self.max_response,
             "request_state": self.request_state,
@@ -203,13 +282,14 @@ impl std::fmt::Display for Budget {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         write!(
             f,
-            "memory budget {:.1} MiB = base {:.1} (model file {:.1}, window peak {:.1}) + workers {:.1} \
-             + connections {:.1} ({:.2} each) + held {:.1} (longest request {:.2}) \
-             + parsing {:.1} + slack {:.1}",
+            "memory budget {:.1} MiB = base {:.1} (model file {:.1}, window peak {:.1}) \
+             + reload {:.1} + workers {:.1} + connections {:.1} ({:.2} each) \
+             + held {:.1} (longest request {:.2}) + parsing {:.1} + slack {:.1}",
             mib(self.total),
             mib(self.base),
             mib(self.model_file),
             mib(self.window_peak),
+            mib(self.reload),
             mib(self.workers),
             mib(self.connections),
             mib(self.per_connection),
@@ -232,18 +312,29 @@ mod tests {
             workers,
             ..ServerConfig::default()
         };
-        Budget::compute(&config, 12 * MIB, 50 * MIB, 12 * MIB, 32, 20_000)
+        Budget::compute(
+            &config,
+            Measured {
+                model_file: 12 * MIB,
+                base: 50 * MIB,
+                floor: 8 * MIB,
+                reload: 42 * MIB,
+                window_peak: 12 * MIB,
+                answer_per_char: 32,
+                max_chars: 20_000,
+            },
+        )
     }
 
     #[test]
     fn the_formula_adds_up() {
         let c = ServerConfig::default();
         let b = budget(2);
-        let parts = b.base + b.workers + b.connections + b.held + b.parsing + b.slack;
+        let parts = b.base + b.reload + b.workers + b.connections + b.held + b.parsing + b.slack;
         assert_eq!(b.total, parts);
         assert_eq!(b.connections, c.max_connections as u64 * b.per_connection);
         assert_eq!(b.held, c.max_held_bytes.max(b.max_response));
-        assert_eq!(b.slack, (parts - b.base - b.slack) / 8);
+        assert_eq!(b.slack, (parts - b.base - b.reload - b.slack) / 8);
         // the longest request: 20,000 four-byte characters, the largest id, 32 bytes per
         // character of answer
         assert!(b.max_response > 80_000 + 32 * 20_000 && b.max_response < 800_000);

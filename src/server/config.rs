@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub reader_stack: usize,
     pub writer_stack: usize,
     pub worker_stack: usize,
+    /// The reload thread's: it loads and warms up a model (the start-up load runs on the main
+    /// thread, whose stack is 8 MiB).
+    pub reload_stack: usize,
     /// Bytes of the per-connection read and write buffers.
     pub read_buffer: usize,
     pub write_buffer: usize,
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             writer_stack: 64 * 1024,
             // tract runs on the worker's stack.
             worker_stack: 4 * 1024 * 1024,
+            reload_stack: 8 * 1024 * 1024,
             read_buffer: 8 * 1024,
             write_buffer: 8 * 1024,
         }

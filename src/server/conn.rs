@@ -210,7 +210,8 @@ impl Read for PollingReader<'_> {
 
 fn read_loop(server: &Server, conn: &Arc<Conn>, stream: UnixStream, reply: Sender<(u64, Reply)>) {
     let c = &server.config;
-    let limits = Limits::new(server.engine.options.max_chars);
+    // A reload keeps the engine options, `max_chars` among them.
+    let limits = Limits::new(server.current().engine.options.max_chars);
     conn.touch();
     let shutdown_handle = stream.try_clone().ok();
     let mut reader = BufReader::with_capacity(
@@ -270,7 +271,7 @@ fn read_loop(server: &Server, conn: &Arc<Conn>, stream: UnixStream, reply: Sende
             }
             Routed::Infer(request) => {
                 let queued = Instant::now();
-                let bytes = server.budget.request_bytes(&request);
+                let bytes = server.current().budget.request_bytes(&request);
                 let job = Job {
                     seq,
                     request,

@@ -8,7 +8,8 @@
 //!   bounded lines, parses, answers commands and errors at once, queues inference) and a
 //!   *writer* (writes answers back in request order, with a write timeout); `workers` inference
 //!   threads fed by one bounded queue (`sync_channel(max_queue)`, full -> `busy`). The engine is
-//!   shared read-only (`Arc<Engine>`). Every thread's stack size is set explicitly.
+//!   shared read-only (`Arc<Engine>`, behind a handle a reload swaps); one reload thread. Every
+//!   thread's stack size is set explicitly.
 //! - **Order.** Each line of a connection gets a sequence number; the writer keeps answers that
 //!   finished early until their turn. At most `max_in_flight` lines per connection are between
 //!   "read" and "written": the reader stops reading from a client whose answers are not being
@@ -20,6 +21,9 @@
 //!   connection without a request or pending answer for `idle_timeout` is closed.
 //! - **Budget.** [`Budget::measure`] runs one full-size window through the model (the peak of a
 //!   window), reads `VmHWM`, and adds the worst case every limit allows; see [`Budget`].
+//! - **Reload.** A [`Reload`] request (SIGHUP in `main`) loads the model folder again beside the
+//!   serving model and swaps it in between requests; a folder that fails keeps the old model
+//!   serving (see the `reload` module).
 //! - **Lifecycle.** [`serve`] returns when its [`Shutdown`] is triggered (by SIGTERM/SIGINT in
 //!   `main`): it stops accepting, reads each open connection until it is quiet
 //!   (`drain_quiet`, at most `drain_limit` in all), answers every line read, and returns a
@@ -36,6 +40,7 @@ mod conn;
 mod gate;
 mod listener;
 mod queue;
+mod reload;
 mod socket;
 mod stats;
 mod worker;
@@ -50,8 +55,10 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
 pub use budget::Budget;
+pub use budget::Measured;
 pub use config::ServerConfig;
 pub use gate::{json_tree_bound, max_tree_bytes, FREE_PARSE_BYTES};
+pub use reload::Reload;
 pub use socket::{parse_group, parse_mode, SocketFile};
 
 use crate::engine::Engine;
@@ -61,6 +68,7 @@ use conn::accept;
 use gate::ParseGate;
 use listener::{wait_readable, AcceptFailures, AcceptVerdict};
 use queue::FairQueue;
+use reload::{Current, ReloadStats, Slot};
 use stats::Stats;
 use worker::Job;
 
@@ -110,10 +118,14 @@ pub struct ServeReport {
 
 /// What the server's threads share.
 pub(super) struct Server {
-    engine: Arc<Engine>,
+    /// The model answering now, with its budget; a reload replaces it.
+    slot: Slot,
     config: ServerConfig,
-    budget: Budget,
     stats: Stats,
+    reloads: ReloadStats,
+    /// Set (under this lock) when shutdown begins: the reload thread sends `READY=1` only while
+    /// it is not, so systemd never sees `READY=1` after `STOPPING=1`.
+    lifecycle: std::sync::Mutex<bool>,
     shutdown: Shutdown,
     /// Parses lines whose tree may be big (see [`json_tree_bound`]).
     parse_gate: ParseGate,
@@ -124,6 +136,12 @@ pub(super) struct Server {
 }
 
 impl Server {
+    /// The model answering now (each request takes it from the queue with its job: see
+    /// [`FairQueue::pop_stamped`]).
+    fn current(&self) -> Arc<Current> {
+        self.slot.get()
+    }
+
     /// How long the shutdown has lasted, `None` while serving. Readers use it to drain: a
     /// connection is read until the drain has lasted `drain_limit`, or, with no answer owed,
     /// until it has been quiet for `drain_quiet` since the later of its last activity and the
@@ -136,7 +154,8 @@ impl Server {
 }
 
 /// Serves `listener` until `shutdown` is triggered, then drains the open connections (see
-/// [`ServerConfig::drain_quiet`]), answers what was read and returns.
+/// [`ServerConfig::drain_quiet`]), answers what was read and returns. Each `reload` request
+/// loads the model folder again and swaps it in (see [`Reload`]).
 ///
 /// Before accepting, runs [`Budget::measure`] (the largest window through the model) and tells
 /// systemd `READY=1`; on shutdown tells it `STOPPING=1`.
@@ -145,12 +164,13 @@ pub fn serve(
     listener: UnixListener,
     config: ServerConfig,
     shutdown: Shutdown,
+    reload: Reload,
 ) -> Result<ServeReport> {
     config.check()?;
     let _ = systemd::status("warming up at the largest window");
-    let budget = Budget::measure(&engine, &config)?;
+    let budget = Budget::measure(&engine, &config, None)?;
     log::info!("{budget}");
-    serve_with_budget(engine, listener, config, shutdown, budget)
+    serve_with_budget(engine, listener, config, shutdown, reload, budget)
 }
 
 /// [`serve`] with a budget already measured (by [`Budget::measure`] on this engine).
@@ -159,6 +179,7 @@ pub fn serve_with_budget(
     listener: UnixListener,
     config: ServerConfig,
     shutdown: Shutdown,
+    reload: Reload,
     budget: Budget,
 ) -> Result<ServeReport> {
     config.check()?;
@@ -166,10 +187,15 @@ pub fn serve_with_budget(
     let parse_gate = ParseGate::start(config.max_line_bytes)?;
     let queue = FairQueue::new(config.max_queue, config.max_held_bytes);
     let server = Arc::new(Server {
-        engine,
+        slot: Slot::new(Current {
+            engine,
+            budget,
+            generation: 0,
+        }),
         config,
-        budget,
         stats: Stats::new(),
+        reloads: ReloadStats::default(),
+        lifecycle: std::sync::Mutex::new(false),
         shutdown,
         parse_gate,
         queue,
@@ -197,12 +223,18 @@ pub fn serve_with_budget(
     listener
         .set_nonblocking(true)
         .context("cannot make the listener non-blocking")?;
-    let _ = systemd::ready_with_status(&format!(
-        "serving {} ({}), {}",
-        server.engine.dir.display(),
-        server.engine.task.name(),
-        server.budget
-    ));
+    let _ = systemd::ready_with_status(&server.current().status());
+    // After READY=1: a SIGHUP that came during start-up reloads now, and systemd sees its
+    // RELOADING=1 after the start's READY=1.
+    let reloader = {
+        let server = server.clone();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .stack_size(c.reload_stack)
+            .spawn(move || reload::reloader(&server, &reload))
+            .map_err(|e| log::warn!("cannot start the reload thread ({e}): SIGHUP will do nothing"))
+            .ok()
+    };
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     let mut accept_failures = AcceptFailures::default();
     let fatal = loop {
@@ -238,7 +270,11 @@ pub fn serve_with_budget(
         server.shutdown.trigger();
     }
     server.draining_since.get_or_init(Instant::now);
-    let _ = systemd::stopping();
+    {
+        let mut stopping = server.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        *stopping = true;
+        let _ = systemd::stopping();
+    }
     log::info!(
         "shutting down: reading open connections until they are quiet, answering what was read"
     );
@@ -251,6 +287,22 @@ pub fn serve_with_budget(
     for h in workers {
         let _ = h.join();
     }
+    // A reload still loading is abandoned (it swaps nothing in once shutdown began); wait for
+    // it within the drain limit, then leave it to end with the process.
+    if let Some(reloader) = reloader {
+        while !reloader.is_finished()
+            && server
+                .draining_for()
+                .is_some_and(|d| d < server.config.drain_limit)
+        {
+            std::thread::sleep(server.config.poll_interval);
+        }
+        if reloader.is_finished() {
+            let _ = reloader.join();
+        } else {
+            log::warn!("shutting down while a reload is still loading its model");
+        }
+    }
     watchdog.stop();
     let s = &server.stats;
     let report = ServeReport {
@@ -262,7 +314,7 @@ pub fn serve_with_budget(
         dropped_slow_clients: s.dropped_slow.load(Ordering::SeqCst),
         idle_closed: s.idle_closed.load(Ordering::SeqCst),
         errors: s.errors_json(),
-        budget: server.budget.clone(),
+        budget: server.current().budget.clone(),
         peak_rss: rss().1,
     };
     match fatal {

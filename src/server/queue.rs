@@ -144,19 +144,22 @@ impl<T> FairQueue<T> {
         }
     }
 
-    /// The oldest item and its reservation; waits while the queue is empty. `None` once it is
-    /// closed and empty.
-    pub(super) fn pop(&self) -> Option<(T, Held<T>)> {
+    /// The oldest item and its reservation, and what `stamp` returned; waits while the queue is
+    /// empty. `None` once it is closed and empty. `stamp` is called while the queue is still
+    /// locked, as the item is taken: with a value changed only inside [`FairQueue::locked`],
+    /// every item taken before the change sees the old value and every later one the new.
+    pub(super) fn pop_stamped<S>(&self, stamp: impl Fn() -> S) -> Option<(T, Held<T>, S)> {
         let mut s = self.lock();
         loop {
             if let Some((item, bytes)) = s.items.pop_front() {
+                let stamped = stamp();
                 drop(s);
                 self.shared.changed.notify_all();
                 let held = Held {
                     shared: self.shared.clone(),
                     bytes,
                 };
-                return Some((item, held));
+                return Some((item, held, stamped));
             }
             if s.closed {
                 return None;
@@ -167,6 +170,12 @@ impl<T> FairQueue<T> {
                 .wait(s)
                 .unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Runs `f` with the queue locked: no item is taken (and none added) while it runs.
+    pub(super) fn locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _s = self.lock();
+        f()
     }
 
     /// No more pushes; `pop` drains what is queued, then returns `None`.
@@ -207,6 +216,11 @@ mod tests {
             cancelled: impl Fn() -> bool,
         ) -> Result<(), (T, Refused)> {
             self.push(item, 1, deadline, poll, cancelled)
+        }
+
+        /// The oldest item and its reservation.
+        fn pop(&self) -> Option<(T, Held<T>)> {
+            self.pop_stamped(|| ()).map(|(item, held, ())| (item, held))
         }
     }
 
@@ -305,5 +319,51 @@ mod tests {
         q.push(5, 40, far(), POLL, || false).unwrap();
         q.push(6, 60, far(), POLL, || false).unwrap();
         assert_eq!((q.len(), q.held()), (2, 100));
+    }
+
+    /// A value changed inside `locked` splits the items in queue order: those taken before the
+    /// change are stamped with the old value, those taken after with the new one, whichever
+    /// thread takes them.
+    #[test]
+    fn stamps_follow_the_queue_order() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let q = Arc::new(FairQueue::new(1000, 1 << 30));
+        let version = Arc::new(AtomicU64::new(0));
+        for i in 0..1000 {
+            q.push_n(i, far(), POLL, || false).unwrap();
+        }
+        let takers: Vec<_> = (0..4)
+            .map(|_| {
+                let (q, version) = (q.clone(), version.clone());
+                std::thread::spawn(move || {
+                    let mut got = vec![];
+                    while let Some((i, _held, v)) = q.pop_stamped(|| version.load(Ordering::SeqCst))
+                    {
+                        got.push((i, v));
+                        // slow takers: the change comes while items are queued and taken
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    got
+                })
+            })
+            .collect();
+        while q.len() > 500 {
+            std::thread::yield_now();
+        }
+        q.locked(|| version.store(1, Ordering::SeqCst));
+        q.close();
+        let mut all: Vec<(usize, u64)> =
+            takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort();
+        assert_eq!(all.len(), 1000);
+        let first_new = all.iter().position(|&(_, v)| v == 1).unwrap_or(all.len());
+        assert!(
+            first_new > 0 && first_new < 1000,
+            "the change fell between items"
+        );
+        assert!(
+            all[first_new..].iter().all(|&(_, v)| v == 1),
+            "an item taken after the change saw the old value"
+        );
     }
 }

@@ -109,11 +109,24 @@ impl Server {
             .unwrap_or_else(|e| e.into_inner())
             .percentiles(&[50.0, 90.0, 99.0]);
         let c = &self.config;
+        let current = self.current();
+        let engine = &current.engine;
+        let last_reload_error = self
+            .reloads
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let body = json!({
             "stats": {
                 "uptime_s": s.started.elapsed().as_secs_f64(),
-                "model": self.engine.dir.display().to_string(),
-                "task": self.engine.task.name(),
+                "model": engine.dir.display().to_string(),
+                "model_folder": engine.folder.display().to_string(),
+                "model_generation": current.generation,
+                "reloads": self.reloads.reloads.load(Ordering::Relaxed),
+                "reloads_failed": self.reloads.failed.load(Ordering::Relaxed),
+                "last_reload_error": last_reload_error,
+                "task": engine.task.name(),
                 "requests": s.requests.load(Ordering::Relaxed),
                 "inferences": s.inferences.load(Ordering::Relaxed),
                 "answered": s.answered.load(Ordering::Relaxed),
@@ -129,13 +142,13 @@ impl Server {
                 "idle_closed": s.idle_closed.load(Ordering::Relaxed),
                 "rss": rss,
                 "rss_peak": hwm,
-                "budget": self.budget.to_json(),
+                "budget": current.budget.to_json(),
                 "limits": {
                     "workers": c.workers,
                     "max_connections": c.max_connections,
                     "max_line_bytes": c.max_line_bytes,
                     "max_held_bytes": c.max_held_bytes,
-                    "max_chars": self.engine.options.max_chars,
+                    "max_chars": engine.options.max_chars,
                     "max_queue": c.max_queue,
                     "max_in_flight": c.max_in_flight,
                     "idle_timeout_s": c.idle_timeout.as_secs_f64(),

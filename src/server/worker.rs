@@ -44,7 +44,9 @@ pub(super) struct Answered {
 
 pub(super) fn worker(server: &Server, queue: &FairQueue<Job>, watchdog: &systemd::Watchdog) {
     let timeout = server.config.queue_timeout;
-    while let Some((job, held)) = queue.pop() {
+    // The model is taken with the job, in queue order: a reload's swap splits the queue into
+    // the requests before it (old model) and after it (new model).
+    while let Some((job, held, current)) = queue.pop_stamped(|| server.current()) {
         if job.conn.closed.load(Ordering::SeqCst) {
             server.stats.unanswered.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -68,7 +70,7 @@ pub(super) fn worker(server: &Server, queue: &FairQueue<Job>, watchdog: &systemd
         } else {
             let _busy = watchdog.busy();
             // progress per model window: a long text is not a wedged worker
-            match dispatch::infer_with(&server.engine, &request, &mut || watchdog.ping()) {
+            match dispatch::infer_with(&current.engine, &request, &mut || watchdog.ping()) {
                 Ok(response) => Reply::Answer(Box::new(Answered {
                     request,
                     response,
