@@ -21,13 +21,12 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::gemm::{drive, Job};
-use super::pack::NR;
-use super::quantize::{min_max_scalar, quantize_one, QuantParams};
+use super::layout::TILE_STRIDE;
+use super::quant::{min_max_scalar, quantize_one, QuantParams};
 
 /// # Safety
 /// The CPU must have NEON; `a` must hold one packed block (`kq * 4 * 4` bytes), `w` one panel
-/// (`kq * 32` bytes) and `out` 4 rows of `4 * 8` writable i32.
+/// (`kq * 32` bytes) and `out` 4 rows of `TILE_STRIDE` writable i32.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn tile_neon(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
     // SAFETY: NEON is there and every pointer is in bounds (caller): 16 bytes of A and 32 of W
@@ -56,18 +55,10 @@ pub(crate) unsafe fn tile_neon(a: *const u8, w: *const u8, kq: usize, out: *mut 
             wp = wp.add(32);
         }
         for (r, acc) in acc.iter().enumerate() {
-            vst1q_s32(out.add(r * 4 * NR), vpaddq_s32(acc[0], acc[1]));
-            vst1q_s32(out.add(r * 4 * NR + 4), vpaddq_s32(acc[2], acc[3]));
+            vst1q_s32(out.add(r * TILE_STRIDE), vpaddq_s32(acc[0], acc[1]));
+            vst1q_s32(out.add(r * TILE_STRIDE + 4), vpaddq_s32(acc[2], acc[3]));
         }
     }
-}
-
-/// # Safety
-/// The CPU must have NEON; as [`drive`].
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn run_neon(job: &Job, p0: usize, p1: usize) {
-    // SAFETY: NEON is there (caller); the driver passes valid blocks, panels and buffers.
-    unsafe { drive::<4, 1, _>(job, p0, p1, |a, w, kq, o, _, _| tile_neon(a, w, kq, o)) }
 }
 
 /// `acc[i] += dot(w[4i..4i+4], a[4L..4L+4])` (SDOT by element).
@@ -125,18 +116,10 @@ pub(crate) unsafe fn tile_dotprod(a: *const u8, w: *const u8, kq: usize, out: *m
             wp = wp.add(32);
         }
         for (r, acc) in acc.iter().enumerate() {
-            vst1q_s32(out.add(r * 4 * NR), acc[0]);
-            vst1q_s32(out.add(r * 4 * NR + 4), acc[1]);
+            vst1q_s32(out.add(r * TILE_STRIDE), acc[0]);
+            vst1q_s32(out.add(r * TILE_STRIDE + 4), acc[1]);
         }
     }
-}
-
-/// # Safety
-/// The CPU must have NEON and dotprod; as [`drive`].
-#[target_feature(enable = "neon,dotprod")]
-pub(crate) unsafe fn run_dotprod(job: &Job, p0: usize, p1: usize) {
-    // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
-    unsafe { drive::<8, 1, _>(job, p0, p1, |a, w, kq, o, _, _| tile_dotprod(a, w, kq, o)) }
 }
 
 /// `acc += a (2 x 8 u8) * b^T (b: 2 x 8 i8)`: `[r0.b0, r0.b1, r1.b0, r1.b1]` (USMMLA).
@@ -206,22 +189,14 @@ pub(crate) unsafe fn tile_i8mm(a: *const u8, w: *const u8, kq: usize, out: *mut 
         let _ = ap;
         for (rp, acc) in acc.iter().enumerate() {
             let acc = [0, 1, 2, 3].map(|i| vreinterpretq_s64_s32(acc[i]));
-            let r0 = out.add(2 * rp * 4 * NR);
-            let r1 = r0.add(4 * NR);
+            let r0 = out.add(2 * rp * TILE_STRIDE);
+            let r1 = r0.add(TILE_STRIDE);
             vst1q_s32(r0, vreinterpretq_s32_s64(vzip1q_s64(acc[0], acc[1])));
             vst1q_s32(r0.add(4), vreinterpretq_s32_s64(vzip1q_s64(acc[2], acc[3])));
             vst1q_s32(r1, vreinterpretq_s32_s64(vzip2q_s64(acc[0], acc[1])));
             vst1q_s32(r1.add(4), vreinterpretq_s32_s64(vzip2q_s64(acc[2], acc[3])));
         }
     }
-}
-
-/// # Safety
-/// The CPU must have NEON and i8mm; as [`drive`].
-#[target_feature(enable = "neon,i8mm")]
-pub(crate) unsafe fn run_i8mm(job: &Job, p0: usize, p1: usize) {
-    // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
-    unsafe { drive::<8, 1, _>(job, p0, p1, |a, w, kq, o, _, _| tile_i8mm(a, w, kq, o)) }
 }
 
 /// Min and max together with 0, NaNs ignored (`fminnm`/`fmaxnm` return the number).

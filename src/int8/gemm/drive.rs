@@ -1,0 +1,192 @@
+//! The driver's loops around a micro-tile: L2 blocks of weight panels, L1 row blocks of
+//! packed activations, tiles of panels, and the store of each tile's raw sums with the
+//! zero-point compensation and the f32 epilogue (see [`super`] for the arithmetic).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use crate::int8::layout::TILE_STRIDE;
+use crate::int8::pack::{NR, QUAD_BYTES};
+
+#[derive(Clone, Copy)]
+pub(crate) enum Out<'a> {
+    I32(*mut i32),
+    /// `y = acc as f32 * (sa * sw[n]) + bias[n]` (`sw`: 1 or N scales, `bias`: N values): the
+    /// epilogue reads the op's own vectors, nothing is copied or padded per call.
+    F32 {
+        y: *mut f32,
+        sa: f32,
+        sw: &'a [f32],
+        bias: Option<&'a [f32]>,
+        /// `Some(div)`: torch's erf GELU on the result, applied by [`super::execute`] to each
+        /// column range after its GEMM.
+        gelu: Option<f32>,
+    },
+}
+
+/// Everything a thread needs; raw pointers so column ranges can be shared across threads
+/// (each thread writes disjoint columns).
+pub(crate) struct Job<'a> {
+    pub a: *const u8,
+    pub block_bytes: usize,
+    pub m: usize,
+    pub n: usize,
+    pub kq: usize,
+    pub w: *const u8,
+    pub rowsum: &'a [i32],
+    /// The weights' column sums (padded to whole panels); `za' * colsum[n]` is added to every
+    /// output, with `za'` = `col_offset` for the kernel's A format.
+    pub colsum: &'a [i32],
+    pub col_offset: i32,
+    pub zp: &'a [i32],
+    pub zp_zero: bool,
+    pub out: Out<'a>,
+}
+
+// SAFETY: the raw pointers are read-only inputs (A, W, scale, bias) that outlive the job, and
+// the output, which threads share only through disjoint column ranges (`super::execute`).
+unsafe impl Send for Job<'_> {}
+// SAFETY: as for `Send`: shared use reads the inputs and writes disjoint output columns.
+unsafe impl Sync for Job<'_> {}
+
+/// Panels of W per L2 block (the block stays in L2 while the row blocks of A, each small
+/// enough for L1, go over it).
+fn panels_per_chunk(kq: usize) -> usize {
+    let budget = 192 * 1024;
+    (budget / (kq * QUAD_BYTES).max(1)).max(1)
+}
+
+/// The generic driver over column panels `[p0, p1)`; `tile(a, w, kq, out, rows, np)` writes
+/// the raw sums of `MR` rows x `np` panels (`1 <= np <= NP`; panel `i` at `w + i * kq * 32`)
+/// into `out`, row-major with a row stride of [`TILE_STRIDE`] (only the first `rows` rows need
+/// to be computed; see [`crate::int8::layout`]). Inlined into each kernel's `target_feature` wrapper so that the epilogue is
+/// compiled for that kernel's features. Loop order: W chunk (L2) / row block (L1) / panel
+/// group, so each row block's output is written in contiguous runs.
+///
+/// # Safety
+/// `job` must describe valid buffers (see [`Job`]), `p0 <= p1 <= panels`, and `tile` must only
+/// read A rows of its block and the `np` panels it is given, and write `MR x NP x 8` values.
+#[inline(always)]
+pub(crate) unsafe fn drive<
+    const MR: usize,
+    const NP: usize,
+    F: Fn(*const u8, *const u8, usize, *mut i32, usize, usize),
+>(
+    job: &Job,
+    p0: usize,
+    p1: usize,
+    tile: F,
+) {
+    let chunk = panels_per_chunk(job.kq).div_ceil(NP) * NP;
+    // MR x NP x 8, NP <= 4 (a fixed-size buffer: no allocation per call)
+    let mut t = [[0i32; TILE_STRIDE]; MR];
+    debug_assert!(NP <= 4);
+    let mut pc0 = p0;
+    while pc0 < p1 {
+        let pc1 = (pc0 + chunk).min(p1);
+        let mut mb = 0;
+        while mb < job.m {
+            let rows = (job.m - mb).min(MR);
+            // SAFETY: block mb / MR of the packed A exists (mb < m; blocks = ceil(m / MR)).
+            let a = unsafe { job.a.add(mb / MR * job.block_bytes) };
+            let mut p = pc0;
+            while p < pc1 {
+                let np = (pc1 - p).min(NP);
+                // SAFETY: panel p < panels, so its kq * 32 bytes are inside the packed data.
+                let w = unsafe { job.w.add(p * job.kq * QUAD_BYTES) };
+                tile(a, w, job.kq, t.as_mut_ptr() as *mut i32, rows, np);
+                for i in 0..np {
+                    let n0 = (p + i) * NR;
+                    let cols = (job.n - n0).min(NR);
+                    // SAFETY: rows mb..mb + rows < m and columns n0..n0 + cols < n are inside
+                    // the output; this call's column range is written by no other thread.
+                    unsafe { store::<MR>(job, &t, i * NR, mb, rows, n0, cols) };
+                }
+                p += np;
+            }
+            mb += MR;
+        }
+        pc0 = pc1;
+    }
+}
+
+/// Writes rows `m0..m0 + rows`, columns `n0..n0 + cols` of the output from the raw sums
+/// `t[r][c0..c0 + 8]` with the zero-point compensation and the epilogue.
+///
+/// # Safety
+/// The output pointers of `job` must be valid for those rows and columns.
+#[inline(always)]
+#[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+unsafe fn store<const MR: usize>(
+    job: &Job,
+    t: &[[i32; TILE_STRIDE]; MR],
+    c0: usize,
+    m0: usize,
+    rows: usize,
+    n0: usize,
+    cols: usize,
+) {
+    let colsum: &[i32; NR] = job.colsum[n0..n0 + NR].try_into().unwrap();
+    let colterm: [i32; NR] = std::array::from_fn(|j| colsum[j].wrapping_mul(job.col_offset));
+    let zp: &[i32; NR] = job.zp[n0..n0 + NR].try_into().unwrap();
+    // The epilogue's scales and bias for this panel (0 past N: those columns are not stored).
+    let live = (job.n - n0).min(NR);
+    let (scale, bias): ([f32; NR], Option<[f32; NR]>) = match &job.out {
+        Out::I32(_) => ([0f32; NR], None),
+        Out::F32 { sa, sw, bias, .. } => (
+            std::array::from_fn(|j| match (j < live, sw.len()) {
+                (false, _) => 0.0,
+                (true, 1) => sa * sw[0],
+                (true, _) => sa * sw[n0 + j],
+            }),
+            bias.map(|b| std::array::from_fn(|j| if j < live { b[n0 + j] } else { 0.0 })),
+        ),
+    };
+    for r in 0..rows {
+        let m = m0 + r;
+        let rs = job.rowsum[m];
+        let raw: &[i32; NR] = t[r][c0..c0 + NR].try_into().unwrap();
+        let mut v = [0i32; NR];
+        if job.zp_zero {
+            for j in 0..NR {
+                v[j] = raw[j].wrapping_add(colterm[j]);
+            }
+        } else {
+            for j in 0..NR {
+                v[j] = raw[j]
+                    .wrapping_add(colterm[j])
+                    .wrapping_sub(zp[j].wrapping_mul(rs));
+            }
+        }
+        match job.out {
+            Out::I32(c) => {
+                // SAFETY: the caller guarantees row m, columns n0..n0 + cols of C.
+                unsafe {
+                    let dst = c.add(m * job.n + n0);
+                    std::ptr::copy_nonoverlapping(v.as_ptr(), dst, cols);
+                }
+            }
+            Out::F32 { y, .. } => {
+                let mut f = [0f32; NR];
+                for j in 0..NR {
+                    f[j] = v[j] as f32 * scale[j];
+                }
+                if let Some(b) = &bias {
+                    for j in 0..NR {
+                        f[j] += b[j];
+                    }
+                }
+                // SAFETY: the caller guarantees row m, columns n0..n0 + cols of Y; a whole
+                // panel is one fixed-size (unaligned) store, not a call to memmove.
+                unsafe {
+                    let dst = y.add(m * job.n + n0);
+                    if cols == NR {
+                        std::ptr::write_unaligned(dst as *mut [f32; NR], f);
+                    } else {
+                        std::ptr::copy_nonoverlapping(f.as_ptr(), dst, cols);
+                    }
+                }
+            }
+        }
+    }
+}
