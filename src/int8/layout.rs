@@ -56,3 +56,15 @@ impl AFormat {
         }
     }
 }
+
+/// The epilogue's values for one panel of 8 columns (0 past N), as the driver hands them to
+/// an instruction set's store: `y = (raw + colterm - zp * rowsum) as f32 * scale + bias`.
+pub(crate) struct PanelEpilogue<'a> {
+    /// `za' * colsum[n]`, see [`AFormat::col_offset`].
+    pub colterm: &'a [i32; NR],
+    /// The weights' zero points, when not all 0.
+    pub zp: Option<&'a [i32; NR]>,
+    /// `sa * sw[n]` (0 for an i32 output).
+    pub scale: &'a [f32; NR],
+    pub bias: Option<&'a [f32; NR]>,
+}

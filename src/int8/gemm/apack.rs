@@ -161,8 +161,8 @@ pub(crate) fn min_max_split(kernel: Kernel, x: &[f32], threads: usize) -> (f32, 
 /// `DynamicQuantizeLinear` of `x` `[M, K]` with parameters `p`, packed for `kernel`, split
 /// over up to `threads` threads by ranges of whole row blocks when it is big enough. AVX2
 /// quantizes straight into its layout (`a - za = clamp(round(x / s), -zp, 255 - zp)`, no u8
-/// tensor), and so does the VNNI layout (u8 `a`, with AVX2); the others quantize a range of
-/// rows to u8, then pack it. `kernel` must be available (resolved), or (tests) a layout whose
+/// tensor), and so do the VNNI layout (u8 `a`, with AVX2) and, on aarch64, the NEON and
+/// dotprod layout (`a - 128`); the others quantize a range of rows to u8, then pack it. `kernel` must be available (resolved), or (tests) a layout whose
 /// quantizer this CPU can run (the x86-64 layouts need AVX2).
 pub(crate) fn quantize_pack_a(
     kernel: Kernel,
@@ -205,8 +205,15 @@ pub(crate) fn quantize_pack_a(
             }
         })),
         AFormat::I8Shifted => ABuf::I8(build_blocks(x, k, mr, per_block, threads, rs, {
-            |xs: &[f32], buf: &mut [i8], rs: &mut [i32]| {
-                pack_rows_i8(&quantized(xs), k, za, mr, buf, rs)
+            |xs: &[f32], buf: &mut [i8], rs: &mut [i32]| match kernel {
+                // (scale 0: every q is zp = 0, packed as -128: the quantize-then-pack path)
+                #[cfg(target_arch = "aarch64")]
+                Kernel::Neon | Kernel::Dotprod if p.scale > 0.0 => {
+                    // SAFETY: NEON is part of the aarch64 baseline; `xs` holds the rows, `buf`
+                    // their blocks; mr (4 or 12) is a multiple of 4; scale > 0.
+                    unsafe { crate::int8::arm::quantize_rows_i8(xs, k, p, mr, buf, rs) }
+                }
+                _ => pack_rows_i8(&quantized(xs), k, za, mr, buf, rs),
             }
         })),
         AFormat::U8 | AFormat::U8Pairs => {

@@ -5,18 +5,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use crate::int8::layout::TILE_STRIDE;
+use crate::int8::layout::{PanelEpilogue, TILE_STRIDE};
 use crate::int8::pack::{NR, QUAD_BYTES};
 
 #[derive(Clone, Copy)]
 pub(crate) enum Out<'a> {
     I32(*mut i32),
-    /// `y = acc as f32 * (sa * sw[n]) + bias[n]` (`sw`: 1 or N scales, `bias`: N values): the
-    /// epilogue reads the op's own vectors, nothing is copied or padded per call.
+    /// `y = acc as f32 * scale[n] + bias[n]`, `scale[n] = sa * sw[n]` and `bias` padded to
+    /// whole panels (see [`super::Epilogue`]).
     F32 {
         y: *mut f32,
-        sa: f32,
-        sw: &'a [f32],
+        scale: &'a [f32],
         bias: Option<&'a [f32]>,
         /// `Some(div)`: torch's erf GELU on the result, applied by [`super::execute`] to each
         /// column range after its GEMM.
@@ -34,12 +33,14 @@ pub(crate) struct Job<'a> {
     pub kq: usize,
     pub w: *const u8,
     pub rowsum: &'a [i32],
-    /// The weights' column sums (padded to whole panels); `za' * colsum[n]` is added to every
-    /// output, with `za'` = `col_offset` for the kernel's A format.
-    pub colsum: &'a [i32],
-    pub col_offset: i32,
+    /// `za' * colsum[n]` (padded to whole panels), added to every output: `za'` is the
+    /// kernel's A format's [`crate::int8::layout::AFormat::col_offset`].
+    pub colterm: &'a [i32],
     pub zp: &'a [i32],
     pub zp_zero: bool,
+    /// No weight is -128 (the NEON tile may add two products in one i16 lane).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub no_minus_128: bool,
     pub out: Out<'a>,
 }
 
@@ -111,7 +112,8 @@ pub(crate) unsafe fn drive<
 }
 
 /// Writes rows `m0..m0 + rows`, columns `n0..n0 + cols` of the output from the raw sums
-/// `t[r][c0..c0 + 8]` with the zero-point compensation and the epilogue.
+/// `t[r][c0..c0 + 8]` with the zero-point compensation and the epilogue (on aarch64 the f32
+/// epilogue is NEON's [`crate::int8::arm::store_f32`]).
 ///
 /// # Safety
 /// The output pointers of `job` must be valid for those rows and columns.
@@ -126,66 +128,85 @@ unsafe fn store<const MR: usize>(
     n0: usize,
     cols: usize,
 ) {
-    let colsum: &[i32; NR] = job.colsum[n0..n0 + NR].try_into().unwrap();
-    let colterm: [i32; NR] = std::array::from_fn(|j| colsum[j].wrapping_mul(job.col_offset));
+    let colterm: &[i32; NR] = job.colterm[n0..n0 + NR].try_into().unwrap();
     let zp: &[i32; NR] = job.zp[n0..n0 + NR].try_into().unwrap();
-    // The epilogue's scales and bias for this panel (0 past N: those columns are not stored).
-    let live = (job.n - n0).min(NR);
-    let (scale, bias): ([f32; NR], Option<[f32; NR]>) = match &job.out {
-        Out::I32(_) => ([0f32; NR], None),
-        Out::F32 { sa, sw, bias, .. } => (
-            std::array::from_fn(|j| match (j < live, sw.len()) {
-                (false, _) => 0.0,
-                (true, 1) => sa * sw[0],
-                (true, _) => sa * sw[n0 + j],
-            }),
-            bias.map(|b| std::array::from_fn(|j| if j < live { b[n0 + j] } else { 0.0 })),
+    let (y, e) = match job.out {
+        Out::I32(c) => {
+            for r in 0..rows {
+                let m = m0 + r;
+                let rs = job.rowsum[m];
+                let raw: &[i32; NR] = t[r][c0..c0 + NR].try_into().unwrap();
+                let v: [i32; NR] = std::array::from_fn(|j| {
+                    raw[j]
+                        .wrapping_add(colterm[j])
+                        .wrapping_sub(zp[j].wrapping_mul(rs))
+                });
+                // SAFETY: the caller guarantees row m, columns n0..n0 + cols of C.
+                unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), c.add(m * job.n + n0), cols) };
+            }
+            return;
+        }
+        Out::F32 { y, scale, bias, .. } => (
+            y,
+            PanelEpilogue {
+                colterm,
+                zp: (!job.zp_zero).then_some(zp),
+                scale: scale[n0..n0 + NR].try_into().unwrap(),
+                bias: bias.map(|b| b[n0..n0 + NR].try_into().unwrap()),
+            },
         ),
     };
+    // SAFETY: rows m0..m0 + rows of the output, columns n0..n0 + cols (caller); `t` holds
+    // `rows` rows of TILE_STRIDE raw sums from column c0; NEON is part of the aarch64 baseline.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        crate::int8::arm::store_f32(
+            t.as_ptr().cast::<i32>().add(c0),
+            rows,
+            &job.rowsum[m0..m0 + rows],
+            &e,
+            y.add(m0 * job.n + n0),
+            job.n,
+            cols,
+        )
+    };
+    #[cfg(not(target_arch = "aarch64"))]
     for r in 0..rows {
         let m = m0 + r;
         let rs = job.rowsum[m];
         let raw: &[i32; NR] = t[r][c0..c0 + NR].try_into().unwrap();
         let mut v = [0i32; NR];
-        if job.zp_zero {
-            for j in 0..NR {
-                v[j] = raw[j].wrapping_add(colterm[j]);
+        match e.zp {
+            None => {
+                for j in 0..NR {
+                    v[j] = raw[j].wrapping_add(e.colterm[j]);
+                }
             }
-        } else {
-            for j in 0..NR {
-                v[j] = raw[j]
-                    .wrapping_add(colterm[j])
-                    .wrapping_sub(zp[j].wrapping_mul(rs));
+            Some(zp) => {
+                for j in 0..NR {
+                    v[j] = raw[j]
+                        .wrapping_add(e.colterm[j])
+                        .wrapping_sub(zp[j].wrapping_mul(rs));
+                }
             }
         }
-        match job.out {
-            Out::I32(c) => {
-                // SAFETY: the caller guarantees row m, columns n0..n0 + cols of C.
-                unsafe {
-                    let dst = c.add(m * job.n + n0);
-                    std::ptr::copy_nonoverlapping(v.as_ptr(), dst, cols);
-                }
+        let mut f = [0f32; NR];
+        for j in 0..NR {
+            f[j] = v[j] as f32 * e.scale[j];
+        }
+        if let Some(b) = e.bias {
+            for j in 0..NR {
+                f[j] += b[j];
             }
-            Out::F32 { y, .. } => {
-                let mut f = [0f32; NR];
-                for j in 0..NR {
-                    f[j] = v[j] as f32 * scale[j];
-                }
-                if let Some(b) = &bias {
-                    for j in 0..NR {
-                        f[j] += b[j];
-                    }
-                }
-                // SAFETY: the caller guarantees row m, columns n0..n0 + cols of Y; a whole
-                // panel is one fixed-size (unaligned) store, not a call to memmove.
-                unsafe {
-                    let dst = y.add(m * job.n + n0);
-                    if cols == NR {
-                        std::ptr::write_unaligned(dst as *mut [f32; NR], f);
-                    } else {
-                        std::ptr::copy_nonoverlapping(f.as_ptr(), dst, cols);
-                    }
-                }
+        }
+        // SAFETY: the caller guarantees row m, columns n0..n0 + cols of Y; a whole panel is
+        // one fixed-size (unaligned) store, not a call to memmove.
+        unsafe {
+            let dst = y.add(m * job.n + n0);
+            if cols == NR {
+                std::ptr::write_unaligned(dst as *mut [f32; NR], f);
+            } else {
+                std::ptr::copy_nonoverlapping(f.as_ptr(), dst, cols);
             }
         }
     }

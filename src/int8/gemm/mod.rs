@@ -123,14 +123,66 @@ fn prepare(kernel: Kernel, a: &[u8], m: usize, za: u8, w: &PackedWeights) -> (Ke
     (kernel, pa)
 }
 
+/// The dequantization of an f32 output: `sa`, the weights' 1 or N scales, N bias values.
+type Dequant<'a> = (f32, &'a [f32], Option<&'a [f32]>);
+
+/// The epilogue's per-column vectors, padded to whole panels (0 past N), built once per
+/// call so that each tile's store loads them as they are.
+pub(crate) struct Epilogue {
+    /// `za' * colsum[n]` for the kernel's A format.
+    colterm: Vec<i32>,
+    /// `sa * sw[n]` (empty for an i32 output).
+    scale: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Epilogue {
+    /// For activations packed in `layout`'s format with zero point `za`, weights `w`, and for
+    /// an f32 output `Some((sa, sw, bias))` (`sw`: 1 or N scales, `bias`: N values).
+    fn new(layout: Kernel, za: u8, w: &PackedWeights, f32_out: Option<Dequant>) -> Epilogue {
+        let (n, padded) = (w.n(), w.panels() * NR);
+        let offset = config(layout).1.col_offset(za);
+        let colterm = w.colsum().iter().map(|c| c.wrapping_mul(offset)).collect();
+        let (mut scale, mut bias) = (Vec::new(), None);
+        if let Some((sa, sw, b)) = f32_out {
+            scale = (0..padded)
+                .map(|j| match (j < n, sw.len()) {
+                    (false, _) => 0.0,
+                    (true, 1) => sa * sw[0],
+                    (true, _) => sa * sw[j],
+                })
+                .collect();
+            bias = b.map(|b| {
+                let mut v = b.to_vec();
+                v.resize(padded, 0.0);
+                v
+            });
+        }
+        Epilogue {
+            colterm,
+            scale,
+            bias,
+        }
+    }
+
+    /// The f32 output `y` with these scales and bias.
+    fn f32_out(&self, y: &mut [f32], gelu: Option<f32>) -> Out<'_> {
+        Out::F32 {
+            y: y.as_mut_ptr(),
+            scale: &self.scale,
+            bias: self.bias.as_deref(),
+            gelu,
+        }
+    }
+}
+
 impl<'a> Job<'a> {
-    /// The job over `m` rows of activations packed for `layout` with zero point `za`, and `w`.
+    /// The job over `m` rows of packed activations, weights `w`, into `out`.
     fn new(
-        layout: Kernel,
         pa: &'a PackedA,
         m: usize,
-        za: u8,
         w: &'a PackedWeights,
+        epi: &'a Epilogue,
         out: Out<'a>,
     ) -> Job<'a> {
         Job {
@@ -141,17 +193,16 @@ impl<'a> Job<'a> {
             kq: w.kq(),
             w: w.data().as_ptr(),
             rowsum: &pa.rowsum,
-            colsum: w.colsum(),
-            col_offset: config(layout).1.col_offset(za),
+            colterm: &epi.colterm,
             zp: w.zero_points(),
             zp_zero: w.zero_points_all_zero(),
+            no_minus_128: w.no_minus_128(),
             out,
         }
     }
 }
 
 /// Exact integer GEMM: `c[m,n] = sum_k (a[m,k] - za) * (w[k,n] - zw[n])`, `a` u8 `[M, K]`
-/// row-major, `c` i32 `[M, N]` row-major.
 /// row-major, `c` i32 `[M, N]` row-major.
 pub fn qgemm_i32(
     kernel: Kernel,
@@ -174,7 +225,8 @@ pub fn qgemm_i32(
     }
     let (kernel, pa) = prepare(kernel, a, m, za, w);
     let (run, np) = (runner(kernel), panels_per_tile(kernel));
-    let job = Job::new(kernel, &pa, m, za, w, Out::I32(c.as_mut_ptr()));
+    let epi = Epilogue::new(kernel, za, w, None);
+    let job = Job::new(&pa, m, w, &epi, Out::I32(c.as_mut_ptr()));
     execute(run, np, &job, w.panels(), threads);
 }
 
@@ -238,14 +290,8 @@ fn run_f32(
     y: &mut [f32],
     threads: usize,
 ) {
-    let out = Out::F32 {
-        y: y.as_mut_ptr(),
-        sa,
-        sw,
-        bias,
-        gelu,
-    };
-    let job = Job::new(kernel, pa, m, za, w, out);
+    let epi = Epilogue::new(kernel, za, w, Some((sa, sw, bias)));
+    let job = Job::new(pa, m, w, &epi, epi.f32_out(y, gelu));
     execute(
         runner(kernel),
         panels_per_tile(kernel),
@@ -317,6 +363,9 @@ pub fn quantized_matmul_gelu_f32(
     );
     p
 }
+
+/// [`qgemm_i32`] with the A layout of `layout` (available here or not) and a given runner:
+/// the tests run the VNNI tile with an emulated instruction through this.
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn qgemm_i32_with_runner(
@@ -336,6 +385,7 @@ pub(crate) fn qgemm_i32_with_runner(
         return;
     }
     let pa = pack_a(layout, a, m, w.k(), za);
-    let job = Job::new(layout, &pa, m, za, w, Out::I32(c.as_mut_ptr()));
+    let epi = Epilogue::new(layout, za, w, None);
+    let job = Job::new(&pa, m, w, &epi, Out::I32(c.as_mut_ptr()));
     execute(run, np, &job, w.panels(), threads);
 }

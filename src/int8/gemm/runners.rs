@@ -26,7 +26,7 @@ pub(crate) fn config(kernel: Kernel) -> (usize, AFormat) {
         Kernel::AvxVnni => (vnni::MR_YMM, AFormat::U8),
         Kernel::Avx512Vnni => (vnni::MR_ZMM, AFormat::U8),
         Kernel::Neon => (4, AFormat::I8Shifted),
-        Kernel::Dotprod => (8, AFormat::I8Shifted),
+        Kernel::Dotprod => (12, AFormat::I8Shifted),
         Kernel::I8mm => (8, AFormat::U8Pairs),
     }
 }
@@ -109,13 +109,27 @@ unsafe fn run_avx512vnni(job: &Job, p0: usize, p1: usize) {
     }
 }
 
+/// NEON: the tile that adds two products in one i16 lane when no weight is -128 (see
+/// `arm::neon`), else the one that widens every product on its own.
+///
 /// # Safety
 /// The CPU must have NEON; as [`drive`].
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn run_neon(job: &Job, p0: usize, p1: usize) {
-    // SAFETY: NEON is there (caller); the driver passes valid blocks, panels and buffers.
-    unsafe { drive::<4, 1, _>(job, p0, p1, |a, w, kq, o, _, _| arm::tile_neon(a, w, kq, o)) }
+    // SAFETY: NEON is there (caller); the driver passes valid blocks, panels and buffers; the
+    // paired tile only for weights without -128.
+    unsafe {
+        if job.no_minus_128 {
+            drive::<{ arm::MR_NEON }, 1, _>(job, p0, p1, |a, w, kq, o, _, _| {
+                arm::tile_neon::<true>(a, w, kq, o)
+            })
+        } else {
+            drive::<{ arm::MR_NEON }, 1, _>(job, p0, p1, |a, w, kq, o, _, _| {
+                arm::tile_neon::<false>(a, w, kq, o)
+            })
+        }
+    }
 }
 
 /// # Safety
@@ -125,8 +139,8 @@ unsafe fn run_neon(job: &Job, p0: usize, p1: usize) {
 unsafe fn run_dotprod(job: &Job, p0: usize, p1: usize) {
     // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
     unsafe {
-        drive::<8, 1, _>(job, p0, p1, |a, w, kq, o, _, _| {
-            arm::tile_dotprod(a, w, kq, o)
+        drive::<{ arm::MR_DOT }, 1, _>(job, p0, p1, |a, w, kq, o, rows, _| {
+            arm::tile_dotprod(a, w, kq, o, rows)
         })
     }
 }
@@ -137,7 +151,11 @@ unsafe fn run_dotprod(job: &Job, p0: usize, p1: usize) {
 #[target_feature(enable = "neon,i8mm")]
 unsafe fn run_i8mm(job: &Job, p0: usize, p1: usize) {
     // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
-    unsafe { drive::<8, 1, _>(job, p0, p1, |a, w, kq, o, _, _| arm::tile_i8mm(a, w, kq, o)) }
+    unsafe {
+        drive::<{ arm::MR_I8MM }, 1, _>(job, p0, p1, |a, w, kq, o, _, _| {
+            arm::tile_i8mm(a, w, kq, o)
+        })
+    }
 }
 
 /// The VNNI tiles with a portable emulation of `vpdpbusd` ([`vnni::emulated`]), in the

@@ -1,11 +1,9 @@
 //! The integer GEMM of every kernel (and of the emulated VNNI tiles) against the naive
-//! reference: odd and random shapes, extremes, the largest K, packed weights in a shared
-//! buffer; the kernels' names and dispatch.
-
-use std::sync::Arc;
+//! reference: odd and random shapes, extremes, the largest K, the NEON tile's two paths at
+//! their limits; the kernels' names and dispatch.
 
 use super::*;
-use crate::int8::pack::{pack_weights_bytes, MAX_K};
+use crate::int8::pack::MAX_K;
 
 const ODD: [usize; 8] = [1, 2, 3, 7, 8, 17, 33, 65];
 
@@ -194,42 +192,6 @@ fn gemm_largest_k_no_overflow() {
 }
 
 #[test]
-fn packed_weights_round_trip_and_shared() {
-    let mut rng = XorShift::new(3);
-    let (m, k, n) = (5, 37, 19);
-    let a = rng.bytes(m * k);
-    let w = rng.bytes(k * n);
-    let zp = rng.bytes(n);
-    let bytes = pack_weights_bytes(&w, false, k, n, &zp);
-    assert_eq!(bytes.len(), PackedWeights::packed_len(k, n));
-    assert_eq!(&bytes[0..4], b"EEQW");
-    // inside a bigger buffer at a 64-aligned offset, as in a sidecar file
-    let mut file = vec![0xAAu8; 128];
-    file.extend_from_slice(&bytes);
-    file.extend_from_slice(&[0x55; 10]);
-    let shared: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(file);
-    let p = PackedWeights::from_shared(shared.clone(), 128).unwrap();
-    assert!(p.is_shared() && p.from_u8());
-    assert_eq!(p.as_bytes(), &bytes[..]);
-    let want = reference(&a, m, k, 7, &w, false, n, &zp);
-    for kernel in impls() {
-        let mut c = vec![0i32; m * n];
-        gemm_i32(kernel, &a, m, 7, &p, &mut c, 1);
-        assert!(
-            c.iter().zip(&want).all(|(&x, &y)| x as i64 == y),
-            "{kernel}"
-        );
-    }
-    // corrupted or truncated blobs are refused
-    assert!(PackedWeights::from_shared(shared.clone(), 64).is_err());
-    assert!(PackedWeights::from_vec(bytes[..bytes.len() - 1].to_vec()).is_err());
-    let mut bad = bytes.clone();
-    bad[4] = 9;
-    assert!(PackedWeights::from_vec(bad).is_err());
-    assert!(PackedWeights::from_shared(shared, 1 << 20).is_err());
-}
-
-#[test]
 fn kernel_names_and_dispatch() {
     for k in Kernel::ALL {
         assert_eq!(Kernel::parse(k.name()), Some(k));
@@ -259,4 +221,105 @@ fn kernel_names_and_dispatch() {
     for k in Kernel::ALL {
         assert!(Kernel::resolve(Some(k)).is_available());
     }
+}
+
+/// The NEON tile adds two products in one i16 lane only when no weight is -128: at the
+/// limit of that path (every activation `a - 128 = -128`, weights -127 or 127) every kernel is
+/// exact; with -128 weights (the other path) too, where adding two products in one lane would
+/// give (-128) * (-128) * 2 = 32768, past i16.
+#[test]
+fn neon_paths_exact_at_their_limits() {
+    for kernel in impls() {
+        for &(m, k, n) in &[
+            (4, 8, 8),
+            (5, 9, 17),
+            (8, 256, 16),
+            (13, 1023, 9),
+            (128, 64, 24),
+        ] {
+            // paired path: |-128 * -127| twice per lane = 32512
+            check_case(
+                kernel,
+                m,
+                k,
+                n,
+                &vec![0; m * k],
+                0,
+                &vec![0x81; k * n],
+                true,
+                &[],
+                1,
+            );
+            check_case(
+                kernel,
+                m,
+                k,
+                n,
+                &vec![0; m * k],
+                9,
+                &vec![0x7f; k * n],
+                true,
+                &[3],
+                2,
+            );
+            let w: Vec<u8> = (0..k * n).map(|i| [0x81, 0x7f][i % 3 % 2]).collect();
+            check_case(kernel, m, k, n, &vec![0; m * k], 0, &w, true, &[], 1);
+            // unpaired path: -128 weights
+            check_case(
+                kernel,
+                m,
+                k,
+                n,
+                &vec![0; m * k],
+                0,
+                &vec![0x80; k * n],
+                true,
+                &[],
+                1,
+            );
+            // uint8 weights: 0 is -128 once packed
+            check_case(
+                kernel,
+                m,
+                k,
+                n,
+                &vec![0; m * k],
+                0,
+                &vec![0; k * n],
+                false,
+                &[1],
+                1,
+            );
+        }
+    }
+}
+
+/// The paired NEON tile really overflows on -128 weights (so the exact results above on
+/// such weights show that the driver did not take it), and the unpaired tile does not.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_paired_tile_would_overflow_on_minus_128() {
+    use crate::int8::arm::tile_neon;
+    use crate::int8::layout::TILE_STRIDE;
+    let (k, n) = (8, 8);
+    let w = pack_weights(&vec![0x80; k * n], true, k, n, &[]);
+    assert!(!w.no_minus_128());
+    // 4 rows of a - 128 = -128 (a = 0), in the NEON layout: 2 quads x 4 rows x 4 bytes
+    let a = [0x80u8; 2 * 4 * 4];
+    let run = |paired: bool| {
+        let mut out = vec![0i32; 4 * TILE_STRIDE];
+        // SAFETY: NEON is part of the aarch64 baseline; `a` is one block of kq = 2 quads of 4
+        // rows, the packed data one panel of 2 quads, `out` 4 rows of TILE_STRIDE.
+        unsafe {
+            if paired {
+                tile_neon::<true>(a.as_ptr(), w.data().as_ptr(), 2, out.as_mut_ptr())
+            } else {
+                tile_neon::<false>(a.as_ptr(), w.data().as_ptr(), 2, out.as_mut_ptr())
+            }
+        }
+        out[..8].to_vec()
+    };
+    let exact = vec![8 * 128 * 128; 8];
+    assert_eq!(run(false), exact);
+    assert_ne!(run(true), exact);
 }

@@ -9,13 +9,14 @@
 //! qemu with `-cpu cortex-a72` (NEON baseline) and `-cpu max` (dotprod, i8mm), see
 //! `.ci/aarch64.sh`.
 //!
-//! Files: [`gemm`] (the integer GEMM of every kernel, exact), [`quantize`] (quantization and
-//! quantize-and-pack), [`fused`] (the f32 epilogue and the fused op), [`graph`] (the graph
-//! rewrite on the fixtures' models).
+//! Files: [`gemm`] (the integer GEMM of every kernel, exact), [`pack`] (the packed weights'
+//! format), [`quantize`] (quantization and quantize-and-pack), [`fused`] (the f32 epilogue and
+//! the fused op), [`graph`] (the graph rewrite on the fixtures' models).
 
 mod fused;
 mod gemm;
 mod graph;
+mod pack;
 mod quantize;
 
 use super::gemm::{qgemm_i32_with_runner, Runner};

@@ -154,7 +154,8 @@ fn same_packed(a: &PackedA, b: &PackedA) -> bool {
 
 /// Quantize-and-pack straight from f32 (split over 1, 2, 3 or 7 threads by ranges of row
 /// blocks) equals quantizing with the scalar reference, then packing, for every layout:
-/// odd sizes, fewer rows than threads, NaNs, an all-zero input (scale 0).
+/// odd sizes, fewer rows than threads, NaNs, an all-zero input (scale 0), long rows of the
+/// largest and smallest values.
 #[test]
 fn quantize_pack_a_matches_quantize_then_pack_on_any_threads() {
     let mut rng = XorShift::new(7);
@@ -168,6 +169,10 @@ fn quantize_pack_a_matches_quantize_then_pack_on_any_threads() {
             (17, 100, -7.0, -1.0),
             (25, 64, -2.0, 2.0),
             (40, 12, 0.5, 3.0),
+            // past the NEON row sums' i16 flush (64 steps of 16), at both 8-bit extremes
+            (6, 2100, 5.0, 5.0),
+            (5, 2100, -5.0, -5.0),
+            (3, 1100, -3.0, 4.0),
         ] {
             let mut x: Vec<f32> = (0..m * k).map(|_| rng.f32(lo, hi)).collect();
             if x.len() > 5 {
