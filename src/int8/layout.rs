@@ -68,3 +68,21 @@ pub(crate) struct PanelEpilogue<'a> {
     pub scale: &'a [f32; NR],
     pub bias: Option<&'a [f32; NR]>,
 }
+
+/// `-0.0` in every column: the bias of an op without one when a tile adds it anyway (adding
+/// -0.0 changes no value, -0.0 and NaN included).
+pub(crate) static NO_BIAS: [f32; NR] = [-0.0; NR];
+
+/// Where a tile that applies the f32 epilogue itself writes (a whole tile, the weights' zero
+/// points all 0): row `r`, column `j` of the tile goes to `y + r * ldy + j` as
+/// `(raw + colterm[j]) as f32 * scale[j] + bias[j]` (`bias`: [`NO_BIAS`] when the op has
+/// none), the same two roundings as the driver's store.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(crate) struct DirectOut {
+    pub colterm: *const i32,
+    pub scale: *const f32,
+    pub bias: *const f32,
+    pub y: *mut f32,
+    /// The output's row stride, in f32.
+    pub ldy: usize,
+}

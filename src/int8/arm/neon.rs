@@ -26,93 +26,48 @@
 
 use std::arch::asm;
 
-use crate::int8::layout::TILE_STRIDE;
+use crate::int8::layout::{DirectOut, TILE_STRIDE};
 
 /// Rows of the NEON tile (and of its packed-A blocks).
 pub(crate) const MR: usize = 4;
 
-/// The multiply-accumulate instructions of one row `$r` for a pair of quads: activations
-/// `v{20+r}` (quad q) and `v{24+r}` (quad q + 1), accumulators `v{4r}..v{4r+3}`.
+/// The multiply-accumulate instructions of one row for a pair of quads: the row's
+/// activations `$x0` (quad q) and `$x1` (quad q + 1), its accumulators `$a0..$a3` (column
+/// pairs 0-1, 2-3, 4-5, 6-7); weights v16-v19, products v28-v31.
+#[rustfmt::skip]
 macro_rules! row_paired {
     ($x0:literal, $x1:literal, $a0:literal, $a1:literal, $a2:literal, $a3:literal) => {
         concat!(
-            "smull  v28.8h, v16.8b,  ",
-            $x0,
-            ".8b\n",
-            "smull2 v29.8h, v16.16b, ",
-            $x0,
-            ".16b\n",
-            "smull  v30.8h, v17.8b,  ",
-            $x0,
-            ".8b\n",
-            "smull2 v31.8h, v17.16b, ",
-            $x0,
-            ".16b\n",
-            "smlal  v28.8h, v18.8b,  ",
-            $x1,
-            ".8b\n",
-            "smlal2 v29.8h, v18.16b, ",
-            $x1,
-            ".16b\n",
-            "smlal  v30.8h, v19.8b,  ",
-            $x1,
-            ".8b\n",
-            "smlal2 v31.8h, v19.16b, ",
-            $x1,
-            ".16b\n",
-            "sadalp ",
-            $a0,
-            ".4s, v28.8h\n",
-            "sadalp ",
-            $a1,
-            ".4s, v29.8h\n",
-            "sadalp ",
-            $a2,
-            ".4s, v30.8h\n",
-            "sadalp ",
-            $a3,
-            ".4s, v31.8h\n",
+            "smull  v28.8h, v16.8b,  ", $x0, ".8b\n",
+            "smull2 v29.8h, v16.16b, ", $x0, ".16b\n",
+            "smull  v30.8h, v17.8b,  ", $x0, ".8b\n",
+            "smull2 v31.8h, v17.16b, ", $x0, ".16b\n",
+            "smlal  v28.8h, v18.8b,  ", $x1, ".8b\n",
+            "smlal2 v29.8h, v18.16b, ", $x1, ".16b\n",
+            "smlal  v30.8h, v19.8b,  ", $x1, ".8b\n",
+            "smlal2 v31.8h, v19.16b, ", $x1, ".16b\n",
+            "sadalp ", $a0, ".4s, v28.8h\n",
+            "sadalp ", $a1, ".4s, v29.8h\n",
+            "sadalp ", $a2, ".4s, v30.8h\n",
+            "sadalp ", $a3, ".4s, v31.8h\n",
         )
     };
 }
 
-/// As [`row_paired`] with every product widened on its own (any i8 weight); `$wl`, `$wh`:
-/// the quad's weight registers (cols 0-3, 4-7), `$x`: the row's quad.
+/// As [`row_paired`] for one quad, every product widened on its own (any i8 weight); `$wl`,
+/// `$wh`: the quad's weight registers (cols 0-3, 4-7), `$x`: the row's quad.
+#[rustfmt::skip]
 macro_rules! row_quad {
     ($wl:literal, $wh:literal, $x:literal, $a0:literal, $a1:literal, $a2:literal, $a3:literal) => {
         concat!(
-            "smull  v28.8h, ",
-            $wl,
-            ".8b,  ",
-            $x,
-            ".8b\n",
-            "smull2 v29.8h, ",
-            $wl,
-            ".16b, ",
-            $x,
-            ".16b\n",
-            "smull  v30.8h, ",
-            $wh,
-            ".8b,  ",
-            $x,
-            ".8b\n",
-            "smull2 v31.8h, ",
-            $wh,
-            ".16b, ",
-            $x,
-            ".16b\n",
-            "sadalp ",
-            $a0,
-            ".4s, v28.8h\n",
-            "sadalp ",
-            $a1,
-            ".4s, v29.8h\n",
-            "sadalp ",
-            $a2,
-            ".4s, v30.8h\n",
-            "sadalp ",
-            $a3,
-            ".4s, v31.8h\n",
+            "smull  v28.8h, ", $wl, ".8b,  ", $x, ".8b\n",
+            "smull2 v29.8h, ", $wl, ".16b, ", $x, ".16b\n",
+            "smull  v30.8h, ", $wh, ".8b,  ", $x, ".8b\n",
+            "smull2 v31.8h, ", $wh, ".16b, ", $x, ".16b\n",
+            "sadalp ", $a0, ".4s, v28.8h\n",
+            "sadalp ", $a1, ".4s, v29.8h\n",
+            "sadalp ", $a2, ".4s, v30.8h\n",
+            "sadalp ", $a3, ".4s, v31.8h\n",
         )
     };
 }
@@ -142,9 +97,11 @@ macro_rules! quad_rows {
 }
 
 /// The whole tile: zero the accumulators, the loop over pairs of quads (`$pair`: its
-/// multiply-accumulate part), an odd last quad, the pairwise folds and the stores.
+/// multiply-accumulate part), an odd last quad, the pairwise folds (row r's sums into
+/// v{16+2r}, v{17+2r}), then `$tail` with the operands `$ops` (the stores).
 macro_rules! tile_asm {
-    ($pair:expr, $a:ident, $w:ident, $pairs:ident, $odd:ident, $out:ident) => {
+    ($pair:expr, $tail:expr, $a:ident, $w:ident, $kq:ident, $($ops:tt)*) => {{
+        let (pairs, odd) = ($kq / 2, $kq % 2);
         asm!(
             "movi v0.4s, #0", "movi v1.4s, #0", "movi v2.4s, #0", "movi v3.4s, #0",
             "movi v4.4s, #0", "movi v5.4s, #0", "movi v6.4s, #0", "movi v7.4s, #0",
@@ -172,18 +129,12 @@ macro_rules! tile_asm {
             "addp v21.4s, v10.4s, v11.4s",
             "addp v22.4s, v12.4s, v13.4s",
             "addp v23.4s, v14.4s, v15.4s",
-            "stp q16, q17, [{out}]",
-            "stp q18, q19, [{out}, #{row}]",
-            "stp q20, q21, [{out}, #{row2}]",
-            "stp q22, q23, [{out}, #{row3}]",
+            $tail,
             a = inout(reg) $a => _,
             w = inout(reg) $w => _,
-            pairs = inout(reg) $pairs => _,
-            odd = in(reg) $odd,
-            out = in(reg) $out,
-            row = const 4 * TILE_STRIDE,
-            row2 = const 8 * TILE_STRIDE,
-            row3 = const 12 * TILE_STRIDE,
+            pairs = inout(reg) pairs => _,
+            odd = in(reg) odd,
+            $($ops)*
             out("v0") _, out("v1") _, out("v2") _, out("v3") _,
             out("v4") _, out("v5") _, out("v6") _, out("v7") _,
             out("v8") _, out("v9") _, out("v10") _, out("v11") _,
@@ -193,6 +144,42 @@ macro_rules! tile_asm {
             out("v24") _, out("v25") _, out("v26") _, out("v27") _,
             out("v28") _, out("v29") _, out("v30") _, out("v31") _,
             options(nostack)
+        )
+    }};
+}
+
+/// The tile's end into the driver's buffer: 4 rows of 8 raw sums.
+macro_rules! buffer_tail {
+    () => {
+        concat!(
+            "stp q16, q17, [{out}]\n",
+            "stp q18, q19, [{out}, #{row}]\n",
+            "stp q20, q21, [{out}, #{row2}]\n",
+            "stp q22, q23, [{out}, #{row3}]\n",
+        )
+    };
+}
+
+/// The tile's end with the fused epilogue: 4 rows of 8 f32 outputs.
+macro_rules! direct_tail {
+    () => {
+        concat!(
+            epi_load!(),
+            epi_row!("v16", "v17"),
+            epi_row!("v18", "v19"),
+            epi_row!("v20", "v21"),
+            epi_row!("v22", "v23"),
+        )
+    };
+}
+
+/// The unpaired loop body: quad q (weights v16-v17, activations v20-v23), then quad q + 1
+/// (v18-v19, v24-v27).
+macro_rules! pair_unpaired {
+    () => {
+        concat!(
+            quad_rows!("v16", "v17", "v20", "v21", "v22", "v23"),
+            quad_rows!("v18", "v19", "v24", "v25", "v26", "v27"),
         )
     };
 }
@@ -212,27 +199,64 @@ pub(crate) unsafe fn tile_neon<const PAIRED: bool>(
     kq: usize,
     out: *mut i32,
 ) {
-    let (pairs, odd) = (kq / 2, kq % 2);
     // SAFETY: NEON is there (caller). The assembly reads 32 bytes of A and 64 of W per pair
     // of quads, then 16 and 32 for an odd last quad: kq * 16 and kq * 32 bytes, the block and
     // the panel the caller guarantees (`ld1` / `ld4r` need no alignment); it writes 4 rows of
     // 8 i32 at `out + r * TILE_STRIDE`, inside the tile buffer; it touches no other memory,
     // and every vector register it uses is declared clobbered.
     unsafe {
+        macro_rules! with {
+            ($pair:expr) => {
+                tile_asm!(
+                    $pair, buffer_tail!(), a, w, kq,
+                    out = in(reg) out,
+                    row = const 4 * TILE_STRIDE,
+                    row2 = const 8 * TILE_STRIDE,
+                    row3 = const 12 * TILE_STRIDE,
+                )
+            };
+        }
         if PAIRED {
-            tile_asm!(pair_paired!(), a, w, pairs, odd, out)
+            with!(pair_paired!())
         } else {
-            tile_asm!(
-                concat!(
-                    quad_rows!("v16", "v17", "v20", "v21", "v22", "v23"),
-                    quad_rows!("v18", "v19", "v24", "v25", "v26", "v27"),
-                ),
-                a,
-                w,
-                pairs,
-                odd,
-                out
-            )
+            with!(pair_unpaired!())
+        }
+    }
+}
+
+/// The tile with the f32 epilogue applied in registers and stored to the output
+/// ([`DirectOut`]): for whole tiles of weights whose zero points are all 0.
+///
+/// # Safety
+/// As [`tile_neon`] for `a`, `w`, `kq`; `d` must point at 8 values of `colterm`, `scale` and
+/// `bias`, and `d.y + r * d.ldy` at 8 writable f32 for each of the 4 rows.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn tile_neon_direct<const PAIRED: bool>(
+    a: *const u8,
+    w: *const u8,
+    kq: usize,
+    d: &DirectOut,
+) {
+    // SAFETY: NEON is there (caller); the reads of A and W as in `tile_neon`, the reads of
+    // the 3 vectors of 8 values and the 4 rows of 8 f32 written at `y + r * ldy` as the
+    // caller guarantees; no other memory; every vector register used is declared clobbered.
+    unsafe {
+        macro_rules! with {
+            ($pair:expr) => {
+                tile_asm!(
+                    $pair, direct_tail!(), a, w, kq,
+                    ct = in(reg) d.colterm,
+                    sc = in(reg) d.scale,
+                    bi = in(reg) d.bias,
+                    y = inout(reg) d.y => _,
+                    ldy = in(reg) d.ldy * 4,
+                )
+            };
+        }
+        if PAIRED {
+            with!(pair_paired!())
+        } else {
+            with!(pair_unpaired!())
         }
     }
 }

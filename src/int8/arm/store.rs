@@ -14,6 +14,7 @@ use crate::int8::layout::{PanelEpilogue, TILE_STRIDE};
 /// The CPU must have NEON; `raw` must hold `rows` rows of `TILE_STRIDE` i32 (the first 8 of
 /// each used), `rowsum` `rows` values, and `y + r * ldy` `cols` writable f32 for each row.
 #[target_feature(enable = "neon")]
+#[inline]
 pub(crate) unsafe fn store_f32(
     raw: *const i32,
     rows: usize,
@@ -39,6 +40,7 @@ pub(crate) unsafe fn store_f32(
 /// # Safety
 /// As [`store_f32`]; `ZP` / `BIAS` only when `e` has them.
 #[target_feature(enable = "neon")]
+#[inline]
 unsafe fn rows_f32<const ZP: bool, const BIAS: bool>(
     raw: *const i32,
     rows: usize,

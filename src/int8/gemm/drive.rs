@@ -5,7 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use crate::int8::layout::{PanelEpilogue, TILE_STRIDE};
+use crate::int8::layout::{DirectOut, PanelEpilogue, NO_BIAS, TILE_STRIDE};
 use crate::int8::pack::{NR, QUAD_BYTES};
 
 #[derive(Clone, Copy)]
@@ -57,27 +57,47 @@ fn panels_per_chunk(kq: usize) -> usize {
     (budget / (kq * QUAD_BYTES).max(1)).max(1)
 }
 
+/// A tile that applies the f32 epilogue itself: `direct(a, w, kq, out, rows)` computes a
+/// whole panel of `rows` rows into [`DirectOut`] and returns true, or returns false (without
+/// writing) for a height it does not handle.
+pub(crate) type DirectFn = fn(*const u8, *const u8, usize, &DirectOut, usize) -> bool;
+
+/// For the kernels without a [`DirectFn`].
+pub(crate) const NO_DIRECT: Option<DirectFn> = None;
+
 /// The generic driver over column panels `[p0, p1)`; `tile(a, w, kq, out, rows, np)` writes
 /// the raw sums of `MR` rows x `np` panels (`1 <= np <= NP`; panel `i` at `w + i * kq * 32`)
 /// into `out`, row-major with a row stride of [`TILE_STRIDE`] (only the first `rows` rows need
-/// to be computed; see [`crate::int8::layout`]). Inlined into each kernel's `target_feature` wrapper so that the epilogue is
-/// compiled for that kernel's features. Loop order: W chunk (L2) / row block (L1) / panel
-/// group, so each row block's output is written in contiguous runs.
+/// to be computed; see [`crate::int8::layout`]), and [`store`] writes the outputs. With
+/// `direct` (kernels of one panel per tile), an f32 output, weights whose zero points are all
+/// 0 and a whole panel, `direct` computes and stores the outputs itself when it handles the
+/// height. Inlined into each kernel's `target_feature` wrapper so that the loops and the
+/// epilogue are compiled for that kernel's features. Loop order: W chunk (L2) / row block
+/// (L1) / panel group, so each row block's output is written in contiguous runs.
 ///
 /// # Safety
 /// `job` must describe valid buffers (see [`Job`]), `p0 <= p1 <= panels`, and `tile` must only
-/// read A rows of its block and the `np` panels it is given, and write `MR x NP x 8` values.
+/// read A rows of its block and the `np` panels it is given, and write `MR x NP x 8` values;
+/// `direct` only its block and panel, and the outputs [`DirectOut`] describes.
 #[inline(always)]
 pub(crate) unsafe fn drive<
     const MR: usize,
     const NP: usize,
     F: Fn(*const u8, *const u8, usize, *mut i32, usize, usize),
+    D: Fn(*const u8, *const u8, usize, &DirectOut, usize) -> bool,
 >(
     job: &Job,
     p0: usize,
     p1: usize,
     tile: F,
+    direct: Option<D>,
 ) {
+    let direct = match (direct, job.out) {
+        (Some(d), Out::F32 { y, scale, bias, .. }) if NP == 1 && job.zp_zero => {
+            Some((d, y, scale, bias))
+        }
+        _ => None,
+    };
     let chunk = panels_per_chunk(job.kq).div_ceil(NP) * NP;
     // MR x NP x 8, NP <= 4 (a fixed-size buffer: no allocation per call)
     let mut t = [[0i32; TILE_STRIDE]; MR];
@@ -95,6 +115,25 @@ pub(crate) unsafe fn drive<
                 let np = (pc1 - p).min(NP);
                 // SAFETY: panel p < panels, so its kq * 32 bytes are inside the packed data.
                 let w = unsafe { job.w.add(p * job.kq * QUAD_BYTES) };
+                if let Some((d, y, scale, bias)) = &direct {
+                    let n0 = p * NR;
+                    if n0 + NR <= job.n {
+                        let out = DirectOut {
+                            colterm: job.colterm[n0..n0 + NR].as_ptr(),
+                            scale: scale[n0..n0 + NR].as_ptr(),
+                            bias: bias.map_or(NO_BIAS.as_ptr(), |b| b[n0..n0 + NR].as_ptr()),
+                            // SAFETY: row mb < m, column n0 + 8 <= n of the output
+                            y: unsafe { y.add(mb * job.n + n0) },
+                            ldy: job.n,
+                        };
+                        // rows mb..mb + rows, columns n0..n0 + 8: this call's, written by no
+                        // other thread
+                        if d(a, w, job.kq, &out, rows) {
+                            p += 1;
+                            continue;
+                        }
+                    }
+                }
                 tile(a, w, job.kq, t.as_mut_ptr() as *mut i32, rows, np);
                 for i in 0..np {
                     let n0 = (p + i) * NR;

@@ -6,8 +6,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use super::drive::{drive, Job};
+use super::drive::{drive, Job, NO_DIRECT};
 use crate::int8::layout::AFormat;
+#[cfg(target_arch = "aarch64")]
+use crate::int8::layout::DirectOut;
 use crate::int8::{scalar, vnni, Kernel};
 
 #[cfg(target_arch = "aarch64")]
@@ -64,9 +66,13 @@ pub(crate) fn runner(kernel: Kernel) -> Runner {
 unsafe fn run_scalar(job: &Job, p0: usize, p1: usize) {
     // SAFETY: the driver hands the tile one packed block, one panel and its tile buffer.
     unsafe {
-        drive::<{ scalar::MR }, 1, _>(job, p0, p1, |a, w, kq, o, _, _| {
-            scalar::tile_scalar(a, w, kq, o)
-        })
+        drive::<{ scalar::MR }, 1, _, _>(
+            job,
+            p0,
+            p1,
+            |a, w, kq, o, _, _| scalar::tile_scalar(a, w, kq, o),
+            NO_DIRECT,
+        )
     }
 }
 
@@ -77,9 +83,13 @@ unsafe fn run_scalar(job: &Job, p0: usize, p1: usize) {
 unsafe fn run_avx2(job: &Job, p0: usize, p1: usize) {
     // SAFETY: AVX2 is there (caller); the driver passes valid blocks, panels and buffers.
     unsafe {
-        drive::<{ x86::MR }, 1, _>(job, p0, p1, |a, w, kq, o, rows, _| {
-            x86::tile_avx2(a, w, kq, o, rows)
-        })
+        drive::<{ x86::MR }, 1, _, _>(
+            job,
+            p0,
+            p1,
+            |a, w, kq, o, rows, _| x86::tile_avx2(a, w, kq, o, rows),
+            NO_DIRECT,
+        )
     }
 }
 
@@ -90,9 +100,13 @@ unsafe fn run_avx2(job: &Job, p0: usize, p1: usize) {
 unsafe fn run_avxvnni(job: &Job, p0: usize, p1: usize) {
     // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
     unsafe {
-        drive::<{ vnni::MR_YMM }, { vnni::NP_YMM }, _>(job, p0, p1, |a, w, kq, o, rows, np| {
-            x86::tile_avxvnni(a, w, kq, o, rows, np)
-        })
+        drive::<{ vnni::MR_YMM }, { vnni::NP_YMM }, _, _>(
+            job,
+            p0,
+            p1,
+            |a, w, kq, o, rows, np| x86::tile_avxvnni(a, w, kq, o, rows, np),
+            NO_DIRECT,
+        )
     }
 }
 
@@ -103,14 +117,19 @@ unsafe fn run_avxvnni(job: &Job, p0: usize, p1: usize) {
 unsafe fn run_avx512vnni(job: &Job, p0: usize, p1: usize) {
     // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
     unsafe {
-        drive::<{ vnni::MR_ZMM }, { vnni::NP_ZMM }, _>(job, p0, p1, |a, w, kq, o, rows, np| {
-            x86::tile_avx512vnni(a, w, kq, o, rows, np)
-        })
+        drive::<{ vnni::MR_ZMM }, { vnni::NP_ZMM }, _, _>(
+            job,
+            p0,
+            p1,
+            |a, w, kq, o, rows, np| x86::tile_avx512vnni(a, w, kq, o, rows, np),
+            NO_DIRECT,
+        )
     }
 }
 
 /// NEON: the tile that adds two products in one i16 lane when no weight is -128 (see
-/// `arm::neon`), else the one that widens every product on its own.
+/// `arm::neon`), else the one that widens every product on its own; whole tiles of weights
+/// with zero points 0 store their f32 outputs themselves.
 ///
 /// # Safety
 /// The CPU must have NEON; as [`drive`].
@@ -121,13 +140,31 @@ unsafe fn run_neon(job: &Job, p0: usize, p1: usize) {
     // paired tile only for weights without -128.
     unsafe {
         if job.no_minus_128 {
-            drive::<{ arm::MR_NEON }, 1, _>(job, p0, p1, |a, w, kq, o, _, _| {
-                arm::tile_neon::<true>(a, w, kq, o)
-            })
+            drive::<{ arm::MR_NEON }, 1, _, _>(
+                job,
+                p0,
+                p1,
+                |a, w, kq, o, _, _| arm::tile_neon::<true>(a, w, kq, o),
+                Some(|a, w, kq, d: &DirectOut, rows| {
+                    rows == arm::MR_NEON && {
+                        arm::tile_neon_direct::<true>(a, w, kq, d);
+                        true
+                    }
+                }),
+            )
         } else {
-            drive::<{ arm::MR_NEON }, 1, _>(job, p0, p1, |a, w, kq, o, _, _| {
-                arm::tile_neon::<false>(a, w, kq, o)
-            })
+            drive::<{ arm::MR_NEON }, 1, _, _>(
+                job,
+                p0,
+                p1,
+                |a, w, kq, o, _, _| arm::tile_neon::<false>(a, w, kq, o),
+                Some(|a, w, kq, d: &DirectOut, rows| {
+                    rows == arm::MR_NEON && {
+                        arm::tile_neon_direct::<false>(a, w, kq, d);
+                        true
+                    }
+                }),
+            )
         }
     }
 }
@@ -139,9 +176,18 @@ unsafe fn run_neon(job: &Job, p0: usize, p1: usize) {
 unsafe fn run_dotprod(job: &Job, p0: usize, p1: usize) {
     // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
     unsafe {
-        drive::<{ arm::MR_DOT }, 1, _>(job, p0, p1, |a, w, kq, o, rows, _| {
-            arm::tile_dotprod(a, w, kq, o, rows)
-        })
+        drive::<{ arm::MR_DOT }, 1, _, _>(
+            job,
+            p0,
+            p1,
+            |a, w, kq, o, rows, _| arm::tile_dotprod(a, w, kq, o, rows),
+            Some(|a, w, kq, d: &DirectOut, rows| {
+                (rows == 12 || rows == 8) && {
+                    arm::tile_dotprod_direct(a, w, kq, d, rows);
+                    true
+                }
+            }),
+        )
     }
 }
 
@@ -152,9 +198,13 @@ unsafe fn run_dotprod(job: &Job, p0: usize, p1: usize) {
 unsafe fn run_i8mm(job: &Job, p0: usize, p1: usize) {
     // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
     unsafe {
-        drive::<{ arm::MR_I8MM }, 1, _>(job, p0, p1, |a, w, kq, o, _, _| {
-            arm::tile_i8mm(a, w, kq, o)
-        })
+        drive::<{ arm::MR_I8MM }, 1, _, _>(
+            job,
+            p0,
+            p1,
+            |a, w, kq, o, _, _| arm::tile_i8mm(a, w, kq, o),
+            NO_DIRECT,
+        )
     }
 }
 
@@ -173,9 +223,13 @@ pub(crate) mod emulated {
     pub(crate) unsafe fn run_ymm(job: &Job, p0: usize, p1: usize) {
         // SAFETY: the driver passes valid blocks, panels and its tile buffer.
         unsafe {
-            drive::<{ vnni::MR_YMM }, { vnni::NP_YMM }, _>(job, p0, p1, |a, w, kq, o, rows, np| {
-                ymm_tile!(Emu<8>, a, w, kq, o, rows, np)
-            })
+            drive::<{ vnni::MR_YMM }, { vnni::NP_YMM }, _, _>(
+                job,
+                p0,
+                p1,
+                |a, w, kq, o, rows, np| ymm_tile!(Emu<8>, a, w, kq, o, rows, np),
+                NO_DIRECT,
+            )
         }
     }
 
@@ -186,9 +240,13 @@ pub(crate) mod emulated {
     pub(crate) unsafe fn run_zmm(job: &Job, p0: usize, p1: usize) {
         // SAFETY: the driver passes valid blocks, panels and its tile buffer.
         unsafe {
-            drive::<{ vnni::MR_ZMM }, { vnni::NP_ZMM }, _>(job, p0, p1, |a, w, kq, o, rows, np| {
-                zmm_tile!(Emu<16>, a, w, kq, o, rows, np)
-            })
+            drive::<{ vnni::MR_ZMM }, { vnni::NP_ZMM }, _, _>(
+                job,
+                p0,
+                p1,
+                |a, w, kq, o, rows, np| zmm_tile!(Emu<16>, a, w, kq, o, rows, np),
+                NO_DIRECT,
+            )
         }
     }
 }
