@@ -22,7 +22,9 @@
 //! hoisted the multiplies of all rows ahead of their `sadalp` and spilled accumulators to the
 //! stack in every iteration (a dozen loads and stores per 48 multiplies). Per pair of quads
 //! the loop is 1 `ld1` + 2 `ld4r` + 48 (paired) or 64 multiply/accumulate instructions +
-//! `subs` + `b.ne`. It always computes the block's 4 rows (a short last block is padded).
+//! `subs` + `b.ne` (two pairs per iteration: 1 + 2 + 48 + 1 per pair). The first pair starts
+//! the accumulators with `saddlp` (no zeroing). It always computes the block's 4 rows (a
+//! short last block is padded).
 
 use std::arch::asm;
 
@@ -33,10 +35,11 @@ pub(crate) const MR: usize = 4;
 
 /// The multiply-accumulate instructions of one row for a pair of quads: the row's
 /// activations `$x0` (quad q) and `$x1` (quad q + 1), its accumulators `$a0..$a3` (column
-/// pairs 0-1, 2-3, 4-5, 6-7); weights v16-v19, products v28-v31.
+/// pairs 0-1, 2-3, 4-5, 6-7); weights v16-v19, products v28-v31. `$acc` is `sadalp`, or
+/// `saddlp` for the first products (the accumulators start from them: no zeroing).
 #[rustfmt::skip]
 macro_rules! row_paired {
-    ($x0:literal, $x1:literal, $a0:literal, $a1:literal, $a2:literal, $a3:literal) => {
+    ($acc:literal, $x0:literal, $x1:literal, $a0:literal, $a1:literal, $a2:literal, $a3:literal) => {
         concat!(
             "smull  v28.8h, v16.8b,  ", $x0, ".8b\n",
             "smull2 v29.8h, v16.16b, ", $x0, ".16b\n",
@@ -46,10 +49,10 @@ macro_rules! row_paired {
             "smlal2 v29.8h, v18.16b, ", $x1, ".16b\n",
             "smlal  v30.8h, v19.8b,  ", $x1, ".8b\n",
             "smlal2 v31.8h, v19.16b, ", $x1, ".16b\n",
-            "sadalp ", $a0, ".4s, v28.8h\n",
-            "sadalp ", $a1, ".4s, v29.8h\n",
-            "sadalp ", $a2, ".4s, v30.8h\n",
-            "sadalp ", $a3, ".4s, v31.8h\n",
+            $acc, " ", $a0, ".4s, v28.8h\n",
+            $acc, " ", $a1, ".4s, v29.8h\n",
+            $acc, " ", $a2, ".4s, v30.8h\n",
+            $acc, " ", $a3, ".4s, v31.8h\n",
         )
     };
 }
@@ -58,68 +61,94 @@ macro_rules! row_paired {
 /// `$wh`: the quad's weight registers (cols 0-3, 4-7), `$x`: the row's quad.
 #[rustfmt::skip]
 macro_rules! row_quad {
-    ($wl:literal, $wh:literal, $x:literal, $a0:literal, $a1:literal, $a2:literal, $a3:literal) => {
+    ($acc:literal, $wl:literal, $wh:literal, $x:literal,
+     $a0:literal, $a1:literal, $a2:literal, $a3:literal) => {
         concat!(
             "smull  v28.8h, ", $wl, ".8b,  ", $x, ".8b\n",
             "smull2 v29.8h, ", $wl, ".16b, ", $x, ".16b\n",
             "smull  v30.8h, ", $wh, ".8b,  ", $x, ".8b\n",
             "smull2 v31.8h, ", $wh, ".16b, ", $x, ".16b\n",
-            "sadalp ", $a0, ".4s, v28.8h\n",
-            "sadalp ", $a1, ".4s, v29.8h\n",
-            "sadalp ", $a2, ".4s, v30.8h\n",
-            "sadalp ", $a3, ".4s, v31.8h\n",
+            $acc, " ", $a0, ".4s, v28.8h\n",
+            $acc, " ", $a1, ".4s, v29.8h\n",
+            $acc, " ", $a2, ".4s, v30.8h\n",
+            $acc, " ", $a3, ".4s, v31.8h\n",
         )
     };
 }
 
 /// The 4 rows of one pair of quads (weights and activations loaded).
 macro_rules! pair_paired {
-    () => {
+    ($acc:literal) => {
         concat!(
-            row_paired!("v20", "v24", "v0", "v1", "v2", "v3"),
-            row_paired!("v21", "v25", "v4", "v5", "v6", "v7"),
-            row_paired!("v22", "v26", "v8", "v9", "v10", "v11"),
-            row_paired!("v23", "v27", "v12", "v13", "v14", "v15"),
+            row_paired!($acc, "v20", "v24", "v0", "v1", "v2", "v3"),
+            row_paired!($acc, "v21", "v25", "v4", "v5", "v6", "v7"),
+            row_paired!($acc, "v22", "v26", "v8", "v9", "v10", "v11"),
+            row_paired!($acc, "v23", "v27", "v12", "v13", "v14", "v15"),
         )
     };
 }
 
 /// The 4 rows of one quad whose weights are `$wl`, `$wh` and activations `$x0..$x3`.
 macro_rules! quad_rows {
-    ($wl:literal, $wh:literal, $x0:literal, $x1:literal, $x2:literal, $x3:literal) => {
+    ($acc:literal, $wl:literal, $wh:literal, $x0:literal, $x1:literal, $x2:literal,
+     $x3:literal) => {
         concat!(
-            row_quad!($wl, $wh, $x0, "v0", "v1", "v2", "v3"),
-            row_quad!($wl, $wh, $x1, "v4", "v5", "v6", "v7"),
-            row_quad!($wl, $wh, $x2, "v8", "v9", "v10", "v11"),
-            row_quad!($wl, $wh, $x3, "v12", "v13", "v14", "v15"),
+            row_quad!($acc, $wl, $wh, $x0, "v0", "v1", "v2", "v3"),
+            row_quad!($acc, $wl, $wh, $x1, "v4", "v5", "v6", "v7"),
+            row_quad!($acc, $wl, $wh, $x2, "v8", "v9", "v10", "v11"),
+            row_quad!($acc, $wl, $wh, $x3, "v12", "v13", "v14", "v15"),
         )
     };
 }
 
-/// The whole tile: zero the accumulators, the loop over pairs of quads (`$pair`: its
-/// multiply-accumulate part), an odd last quad, the pairwise folds (row r's sums into
-/// v{16+2r}, v{17+2r}), then `$tail` with the operands `$ops` (the stores).
+/// The loads of one pair of quads: 64 bytes of weights (v16-v19), the block's 4 rows of
+/// quads q (v20-v23) and q + 1 (v24-v27), each replicated.
+macro_rules! pair_loads {
+    () => {
+        concat!(
+            "ld1 {{v16.16b, v17.16b, v18.16b, v19.16b}}, [{w}], #64\n",
+            "ld4r {{v20.4s, v21.4s, v22.4s, v23.4s}}, [{a}], #16\n",
+            "ld4r {{v24.4s, v25.4s, v26.4s, v27.4s}}, [{a}], #16\n",
+        )
+    };
+}
+
+/// The whole tile: the first pair of quads starts the accumulators (`$pair!("saddlp")`; no
+/// pair: zeroed), then the others, two per loop iteration (`$pair!("sadalp")`), an odd last
+/// quad, the pairwise folds (row r's sums into v{16+2r}, v{17+2r}), then `$tail` with the
+/// operands `$ops` (the stores).
 macro_rules! tile_asm {
-    ($pair:expr, $tail:expr, $a:ident, $w:ident, $kq:ident, $($ops:tt)*) => {{
+    ($pair:ident, $tail:expr, $a:ident, $w:ident, $kq:ident, $($ops:tt)*) => {{
         let (pairs, odd) = ($kq / 2, $kq % 2);
         asm!(
+            "cbz {pairs}, 8f",
+            pair_loads!(),
+            $pair!("saddlp"),
+            "subs {pairs}, {pairs}, #1",
+            "b.eq 2f",
+            "tbz {pairs}, #0, 1f",
+            pair_loads!(),
+            $pair!("sadalp"),
+            "subs {pairs}, {pairs}, #1",
+            "b.eq 2f",
+            "1:",
+            pair_loads!(),
+            $pair!("sadalp"),
+            pair_loads!(),
+            $pair!("sadalp"),
+            "subs {pairs}, {pairs}, #2",
+            "b.ne 1b",
+            "b 2f",
+            "8:",
             "movi v0.4s, #0", "movi v1.4s, #0", "movi v2.4s, #0", "movi v3.4s, #0",
             "movi v4.4s, #0", "movi v5.4s, #0", "movi v6.4s, #0", "movi v7.4s, #0",
             "movi v8.4s, #0", "movi v9.4s, #0", "movi v10.4s, #0", "movi v11.4s, #0",
             "movi v12.4s, #0", "movi v13.4s, #0", "movi v14.4s, #0", "movi v15.4s, #0",
-            "cbz {pairs}, 2f",
-            "1:",
-            "ld1 {{v16.16b, v17.16b, v18.16b, v19.16b}}, [{w}], #64",
-            "ld4r {{v20.4s, v21.4s, v22.4s, v23.4s}}, [{a}], #16",
-            "ld4r {{v24.4s, v25.4s, v26.4s, v27.4s}}, [{a}], #16",
-            $pair,
-            "subs {pairs}, {pairs}, #1",
-            "b.ne 1b",
             "2:",
             "cbz {odd}, 3f",
             "ld1 {{v16.16b, v17.16b}}, [{w}]",
             "ld4r {{v20.4s, v21.4s, v22.4s, v23.4s}}, [{a}]",
-            quad_rows!("v16", "v17", "v20", "v21", "v22", "v23"),
+            quad_rows!("sadalp", "v16", "v17", "v20", "v21", "v22", "v23"),
             "3:",
             "addp v16.4s, v0.4s, v1.4s",
             "addp v17.4s, v2.4s, v3.4s",
@@ -176,10 +205,10 @@ macro_rules! direct_tail {
 /// The unpaired loop body: quad q (weights v16-v17, activations v20-v23), then quad q + 1
 /// (v18-v19, v24-v27).
 macro_rules! pair_unpaired {
-    () => {
+    ($acc:literal) => {
         concat!(
-            quad_rows!("v16", "v17", "v20", "v21", "v22", "v23"),
-            quad_rows!("v18", "v19", "v24", "v25", "v26", "v27"),
+            quad_rows!($acc, "v16", "v17", "v20", "v21", "v22", "v23"),
+            quad_rows!("sadalp", "v18", "v19", "v24", "v25", "v26", "v27"),
         )
     };
 }
@@ -206,7 +235,7 @@ pub(crate) unsafe fn tile_neon<const PAIRED: bool>(
     // and every vector register it uses is declared clobbered.
     unsafe {
         macro_rules! with {
-            ($pair:expr) => {
+            ($pair:ident) => {
                 tile_asm!(
                     $pair, buffer_tail!(), a, w, kq,
                     out = in(reg) out,
@@ -217,9 +246,9 @@ pub(crate) unsafe fn tile_neon<const PAIRED: bool>(
             };
         }
         if PAIRED {
-            with!(pair_paired!())
+            with!(pair_paired)
         } else {
-            with!(pair_unpaired!())
+            with!(pair_unpaired)
         }
     }
 }
@@ -242,7 +271,7 @@ pub(crate) unsafe fn tile_neon_direct<const PAIRED: bool>(
     // caller guarantees; no other memory; every vector register used is declared clobbered.
     unsafe {
         macro_rules! with {
-            ($pair:expr) => {
+            ($pair:ident) => {
                 tile_asm!(
                     $pair, direct_tail!(), a, w, kq,
                     ct = in(reg) d.colterm,
@@ -254,9 +283,9 @@ pub(crate) unsafe fn tile_neon_direct<const PAIRED: bool>(
             };
         }
         if PAIRED {
-            with!(pair_paired!())
+            with!(pair_paired)
         } else {
-            with!(pair_unpaired!())
+            with!(pair_unpaired)
         }
     }
 }
