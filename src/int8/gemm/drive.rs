@@ -111,29 +111,44 @@ pub(crate) unsafe fn drive<
             // SAFETY: block mb / MR of the packed A exists (mb < m; blocks = ceil(m / MR)).
             let a = unsafe { job.a.add(mb / MR * job.block_bytes) };
             let mut p = pc0;
+            if let Some((d, y, scale, bias)) = &direct {
+                // the whole panels of this chunk, while `d` takes this height
+                let whole = pc1.min(job.n / NR);
+                if p < whole {
+                    let n0 = p * NR;
+                    let (bias, bias_step) = match bias {
+                        Some(b) => (b[n0..].as_ptr(), NR),
+                        None => (NO_BIAS.as_ptr(), 0),
+                    };
+                    let mut out = DirectOut {
+                        colterm: job.colterm[n0..].as_ptr(),
+                        scale: scale[n0..].as_ptr(),
+                        bias,
+                        // SAFETY: row mb < m, column n0 < n of the output
+                        y: unsafe { y.add(mb * job.n + n0) },
+                        ldy: job.n,
+                    };
+                    // SAFETY: panel p < panels
+                    let mut w = unsafe { job.w.add(p * job.kq * QUAD_BYTES) };
+                    // rows mb..mb + rows, columns n0..n0 + 8 of each panel: this call's,
+                    // written by no other thread; the vectors are padded to whole panels
+                    while p < whole && d(a, w, job.kq, &out, rows) {
+                        p += 1;
+                        // SAFETY: one panel on (past the end only when the loop ends)
+                        unsafe {
+                            w = w.add(job.kq * QUAD_BYTES);
+                            out.colterm = out.colterm.add(NR);
+                            out.scale = out.scale.add(NR);
+                            out.bias = out.bias.add(bias_step);
+                            out.y = out.y.add(NR);
+                        }
+                    }
+                }
+            }
             while p < pc1 {
                 let np = (pc1 - p).min(NP);
                 // SAFETY: panel p < panels, so its kq * 32 bytes are inside the packed data.
                 let w = unsafe { job.w.add(p * job.kq * QUAD_BYTES) };
-                if let Some((d, y, scale, bias)) = &direct {
-                    let n0 = p * NR;
-                    if n0 + NR <= job.n {
-                        let out = DirectOut {
-                            colterm: job.colterm[n0..n0 + NR].as_ptr(),
-                            scale: scale[n0..n0 + NR].as_ptr(),
-                            bias: bias.map_or(NO_BIAS.as_ptr(), |b| b[n0..n0 + NR].as_ptr()),
-                            // SAFETY: row mb < m, column n0 + 8 <= n of the output
-                            y: unsafe { y.add(mb * job.n + n0) },
-                            ldy: job.n,
-                        };
-                        // rows mb..mb + rows, columns n0..n0 + 8: this call's, written by no
-                        // other thread
-                        if d(a, w, job.kq, &out, rows) {
-                            p += 1;
-                            continue;
-                        }
-                    }
-                }
                 tile(a, w, job.kq, t.as_mut_ptr() as *mut i32, rows, np);
                 for i in 0..np {
                     let n0 = (p + i) * NR;
