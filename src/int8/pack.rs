@@ -1,7 +1,7 @@
 //! Packed int8 weights: one layout shared by every kernel, stored as plain little-endian bytes
 //! so that it can be written to a file once and used straight from a memory map.
 //!
-//! # Format (version 1, layout 1 = `KQ4_NR8_I8`)
+//! # Format (version 2, layout 1 = `KQ4_NR8_I8`)
 //!
 //! All integers little-endian. The blob must start at an offset that is a multiple of 64 in
 //! its buffer for best speed (a page-aligned memory map, or a 64-aligned offset inside one);
@@ -10,9 +10,10 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic b"EEQW"
-//!      4     4  version = 1
+//!      4     4  version = 2
 //!      8     4  layout  = 1 (KQ4_NR8_I8)
-//!     12     4  flags: bit 0 = the source weights were uint8 (shifted by -128)
+//!     12     4  flags: bit 0 = the source weights were uint8 (shifted by -128);
+//!                  bit 1 = no packed weight is -128 (all in [-127, 127])
 //!     16     4  K
 //!     20     4  N
 //!     24     4  KQ = ceil(K / 4)           (k-quads)
@@ -33,6 +34,10 @@
 //! The packed weight of an int8 source is the byte itself; of a uint8 source, `w - 128` (and
 //! the zero point also moves by -128, so `w - zw` is unchanged). The column sums are what the
 //! kernels that shift activations to i8 (`a - 128`, NEON) need to compensate exactly.
+//!
+//! Flag bit 1 lets the NEON kernel add two i8 x i8 products in one i16 lane (exact only
+//! when no weight is -128, see `arm::neon`); it is computed once when packing. Version 1
+//! blobs lacked it and are refused (a sidecar made by an older build is then repacked).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -41,10 +46,12 @@ use std::sync::Arc;
 
 /// `b"EEQW"`.
 pub const MAGIC: [u8; 4] = *b"EEQW";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// k-quads (4 consecutive k of a column together), panels of 8 columns, i8.
 pub const LAYOUT_KQ4_NR8_I8: u32 = 1;
 pub const FLAG_FROM_U8: u32 = 1;
+/// No packed weight is -128.
+pub const FLAG_NO_MINUS_128: u32 = 2;
 pub const HEADER_LEN: usize = 64;
 /// Columns per panel.
 pub const NR: usize = 8;
@@ -75,6 +82,8 @@ pub struct PackedWeights {
     kq: usize,
     panels: usize,
     from_u8: bool,
+    /// No packed weight is -128.
+    no_minus_128: bool,
     /// Column sums of the packed i8 weights (length `panels * 8`).
     colsum: Arc<[i32]>,
     /// Zero points in the packed domain (length `panels * 8`).
@@ -146,7 +155,6 @@ pub fn pack_weights_bytes(w: &[u8], signed: bool, k: usize, n: usize, zp: &[u8])
     let mut put32 = |at: usize, v: u32| out[at..at + 4].copy_from_slice(&v.to_le_bytes());
     put32(4, VERSION);
     put32(8, LAYOUT_KQ4_NR8_I8);
-    put32(12, if signed { 0 } else { FLAG_FROM_U8 });
     put32(16, k as u32);
     put32(20, n as u32);
     put32(24, kq as u32);
@@ -166,6 +174,7 @@ pub fn pack_weights_bytes(w: &[u8], signed: bool, k: usize, n: usize, zp: &[u8])
         }
     };
     let mut colsum = vec![0i32; p * NR];
+    let mut minus_128 = false;
     {
         let data = &mut out[data_off..data_off + p * kq * QUAD_BYTES];
         for kk in 0..k {
@@ -176,9 +185,15 @@ pub fn pack_weights_bytes(w: &[u8], signed: bool, k: usize, n: usize, zp: &[u8])
                 let (pp, j) = (nn / NR, nn % NR);
                 data[(pp * kq + q) * QUAD_BYTES + j * 4 + kin] = v as u8;
                 colsum[nn] += v as i32;
+                minus_128 |= v == i8::MIN;
             }
         }
     }
+    let mut flags = if signed { 0 } else { FLAG_FROM_U8 };
+    if !minus_128 {
+        flags |= FLAG_NO_MINUS_128;
+    }
+    out[12..16].copy_from_slice(&flags.to_le_bytes());
     for (i, c) in colsum.iter().enumerate() {
         out[colsum_off + 4 * i..colsum_off + 4 * i + 4].copy_from_slice(&c.to_le_bytes());
     }
@@ -231,7 +246,8 @@ impl PackedWeights {
         let version = rd_u32(b, 4);
         anyhow::ensure!(
             version == VERSION,
-            "packed weights: version {version}, expected {VERSION}"
+            "packed weights: format version {version}, this build reads {VERSION} \
+             (`electra-edge pack` makes a new sidecar)"
         );
         let layout = rd_u32(b, 8);
         anyhow::ensure!(
@@ -284,6 +300,7 @@ impl PackedWeights {
             kq,
             panels: p,
             from_u8: flags & FLAG_FROM_U8 != 0,
+            no_minus_128: flags & FLAG_NO_MINUS_128 != 0,
             colsum,
             zp,
             zp_all_zero,
@@ -320,6 +337,10 @@ impl PackedWeights {
     /// Whether the source weights were uint8.
     pub fn from_u8(&self) -> bool {
         self.from_u8
+    }
+    /// Whether no packed weight is -128 (all in [-127, 127]), recorded when packing.
+    pub fn no_minus_128(&self) -> bool {
+        self.no_minus_128
     }
     /// Column sums of the packed i8 weights, `panels * 8` long (0 past N).
     pub fn colsum(&self) -> &[i32] {

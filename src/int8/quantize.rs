@@ -1,54 +1,14 @@
-//! ONNX `DynamicQuantizeLinear` (u8), vectorized, bit-identical to the definition:
-//!
-//! ```text
-//! min = min(0, min(x)), max = max(0, max(x))        (NaNs ignored)
-//! scale = (max - min) / 255
-//! zp = saturate(round_half_even(-min / scale))
-//! q = saturate(round_half_even(x / scale) + zp)     (a true division, not x * (1/scale))
-//! ```
-//!
-//! Edge cases, identical on every kernel: an all-zero input (or empty) gives `scale = 0`,
-//! `zp = 0`, `q = 0` (ONNX's formula divides by zero there; tract gives the same result).
-//! A NaN element quantizes to `zp`. Infinite inputs give an infinite scale and `q = zp`.
+//! `DynamicQuantizeLinear` by kernel: the public entry points, and the choice of the min/max
+//! and quantize primitives of each instruction set (the definition is in [`super::quant`]).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 // `!(scale > 0.0)` on purpose: NaN scales take the zero branch.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub use super::quant::QuantParams;
+use super::quant::{min_max_scalar, quantize_scalar};
 use super::Kernel;
-
-/// Scale and zero point of a dynamically quantized tensor.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct QuantParams {
-    pub scale: f32,
-    pub zero_point: u8,
-}
-
-impl QuantParams {
-    /// Parameters from the tensor's min and max (before they are extended to include 0).
-    pub fn from_min_max(min: f32, max: f32) -> QuantParams {
-        let min = if min < 0.0 { min } else { 0.0 };
-        let max = if max > 0.0 { max } else { 0.0 };
-        let scale = (max - min) / 255.0;
-        if !(scale > 0.0) {
-            return QuantParams {
-                scale: 0.0,
-                zero_point: 0,
-            };
-        }
-        let zp = (-min / scale).round_ties_even();
-        let zp = if zp.is_nan() {
-            0.0
-        } else {
-            zp.clamp(0.0, 255.0)
-        };
-        QuantParams {
-            scale,
-            zero_point: zp as u8,
-        }
-    }
-}
 
 /// `DynamicQuantizeLinear` of `x` (any shape, row-major) into `q` with the default kernel.
 pub fn dynamic_quantize_linear(x: &[f32], q: &mut [u8]) -> QuantParams {
@@ -106,27 +66,5 @@ pub(crate) fn quantize(kernel: Kernel, x: &[f32], p: QuantParams, q: &mut [u8]) 
             super::arm::quantize_neon(x, p, q)
         },
         _ => quantize_scalar(x, p, q),
-    }
-}
-
-pub(crate) fn min_max_scalar(x: &[f32]) -> (f32, f32) {
-    x.iter().fold((0f32, 0f32), |(lo, hi), &v| {
-        (if v < lo { v } else { lo }, if v > hi { v } else { hi })
-    })
-}
-
-/// One element; the vector kernels reproduce exactly this.
-#[inline(always)]
-pub(crate) fn quantize_one(x: f32, scale: f32, zp: u8) -> u8 {
-    let r = (x / scale).round_ties_even();
-    let r = if r.is_nan() { 0.0 } else { r };
-    let zpf = zp as f32;
-    let r = r.clamp(-zpf, 255.0 - zpf);
-    (r + zpf) as u8
-}
-
-pub(crate) fn quantize_scalar(x: &[f32], p: QuantParams, q: &mut [u8]) {
-    for (x, q) in x.iter().zip(q.iter_mut()) {
-        *q = quantize_one(*x, p.scale, p.zero_point);
     }
 }

@@ -2,12 +2,12 @@
 //! file, written once next to the model and memory-mapped afterwards, so that the int8
 //! weights live in clean, shared, evictable page-cache pages instead of private heap copies.
 //!
-//! # Format (version 1, little-endian)
+//! # Format (version 2, little-endian)
 //!
 //! ```text
 //! offset size
 //!      0    8  magic b"EEQSIDE1"
-//!      8    4  version = 1
+//!      8    4  version = 2 (1: blobs of packed-weights format version 1, no longer read)
 //!     12    4  count (entries)
 //!     16    8  source fingerprint (the caller's: e.g. [`fingerprint`] of the ONNX file bytes)
 //!     24    8  index offset (= 64)
@@ -41,7 +41,7 @@ use std::sync::Arc;
 use super::PackedWeights;
 
 pub const SIDECAR_MAGIC: [u8; 8] = *b"EEQSIDE1";
-pub const SIDECAR_VERSION: u32 = 1;
+pub const SIDECAR_VERSION: u32 = 2;
 const HEADER: usize = 64;
 
 /// A cheap 64-bit fingerprint of a byte string (8 bytes at a time, multiply-xor; not
@@ -141,7 +141,11 @@ impl Sidecar {
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
         let version = u32_at(8);
-        anyhow::ensure!(version == SIDECAR_VERSION, "sidecar: version {version}");
+        anyhow::ensure!(
+            version == SIDECAR_VERSION,
+            "sidecar: format version {version}, this build reads {SIDECAR_VERSION} \
+             (`electra-edge pack` makes a new one)"
+        );
         let count = u32_at(12) as usize;
         let fingerprint = u64_at(16);
         let (ioff, ilen) = (u64_at(24) as usize, u64_at(32) as usize);

@@ -8,7 +8,7 @@
 //! k-quad is one i32 to broadcast; W is the shared packed layout, where one k-quad of a panel
 //! (8 columns x 4 k, 32 bytes) is exactly one ymm of `vpdpbusd` operands (lane j = column j).
 //! A zmm takes the same k-quad of two neighbouring panels (low and high 256 bits).
-//! The raw sums are `sum_k a * w`; the driver subtracts `za * colsum[n]` (gemm.rs).
+//! The raw sums are `sum_k a * w`; the driver subtracts `za * colsum[n]` ([`super::gemm`]).
 //!
 //! Tiles: ymm 6 rows x 2 panels (12 accumulators + 2 weights + 1 broadcast of the 16 ymm
 //! registers); zmm 8 rows x 4 panels (16 accumulators of 32 zmm registers).
@@ -18,7 +18,8 @@
 // the tile runs for real on x86-64 only (elsewhere only in the tests, emulated)
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_macros))]
 
-use super::pack::{NR, QUAD_BYTES};
+use super::layout::TILE_STRIDE;
+use super::pack::QUAD_BYTES;
 
 /// Rows per tile, ymm.
 pub(crate) const MR_YMM: usize = 6;
@@ -53,7 +54,7 @@ pub(crate) trait DotOps {
 }
 
 /// `R <= MR` rows x `P <= NP` panels of raw sums `sum_k a * w` into `out` (row stride
-/// `4 * 8` i32: the driver's buffer). `a`: one U8 block of `MR` rows; `w`: the first panel.
+/// `TILE_STRIDE` i32: the driver's buffer). `a`: one U8 block of `MR` rows; `w`: the first panel.
 ///
 /// # Safety
 /// The CPU must support `D`'s instructions; `a` must hold `kq * MR * 4` bytes, `w` the `P`
@@ -93,10 +94,10 @@ pub(crate) unsafe fn tile<D: DotOps, const MR: usize, const R: usize, const P: u
             wp = wp.add(QUAD_BYTES);
         }
         for (r, acc) in acc.iter().enumerate() {
-            let o = out.add(r * 4 * NR);
+            let o = out.add(r * TILE_STRIDE);
             D::store(o, acc[0]);
             if nv > 1 {
-                D::store(o.add(D::PANELS * NR), acc[1]);
+                D::store(o.add(D::PANELS * 8), acc[1]);
             }
         }
     }
@@ -125,7 +126,7 @@ macro_rules! ymm_tile {
         }
     }};
 }
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(test, target_arch = "x86_64"))]
 pub(crate) use ymm_tile;
 
 /// As [`ymm_tile`] for the zmm tile (8 x 4).
@@ -154,14 +155,14 @@ macro_rules! zmm_tile {
         }
     }};
 }
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(test, target_arch = "x86_64"))]
 pub(crate) use zmm_tile;
 
-/// Portable emulation of `vpdpbusd` on `L` lanes (tests only; `L / 8` panels per vector).
+/// Portable emulation of `vpdpbusd` on `L` lanes (tests only; `L / 8` panels per vector); the
+/// driver runs the tiles with it in `gemm::runners::emulated`.
 #[cfg(test)]
 pub(crate) mod emulated {
     use super::*;
-    use crate::int8::gemm::{drive, Job};
 
     pub(crate) struct Emu<const L: usize>;
 
@@ -202,32 +203,6 @@ pub(crate) mod emulated {
                 // SAFETY: the caller guarantees L writable i32.
                 unsafe { *out.add(i) = i32::from_le_bytes(*lane) };
             }
-        }
-    }
-
-    /// The ymm kernel's driver and tile with emulated `vpdpbusd`.
-    ///
-    /// # Safety
-    /// As [`drive`].
-    pub(crate) unsafe fn run_ymm(job: &Job, p0: usize, p1: usize) {
-        // SAFETY: the driver passes valid blocks, panels and its tile buffer.
-        unsafe {
-            drive::<MR_YMM, NP_YMM, _>(job, p0, p1, |a, w, kq, o, rows, np| {
-                ymm_tile!(Emu<8>, a, w, kq, o, rows, np)
-            })
-        }
-    }
-
-    /// The zmm kernel's driver and tile with emulated `vpdpbusd`.
-    ///
-    /// # Safety
-    /// As [`drive`].
-    pub(crate) unsafe fn run_zmm(job: &Job, p0: usize, p1: usize) {
-        // SAFETY: the driver passes valid blocks, panels and its tile buffer.
-        unsafe {
-            drive::<MR_ZMM, NP_ZMM, _>(job, p0, p1, |a, w, kq, o, rows, np| {
-                zmm_tile!(Emu<16>, a, w, kq, o, rows, np)
-            })
         }
     }
 }

@@ -17,12 +17,12 @@
 
 use std::arch::x86_64::*;
 
-use super::gemm::{drive, Job};
-use super::pack::NR;
-use super::quantize::{min_max_scalar, quantize_one, QuantParams};
-use super::vnni::{ymm_tile, zmm_tile, DotOps, MR_YMM, MR_ZMM, NP_YMM, NP_ZMM};
+use super::layout::TILE_STRIDE;
+use super::quant::{min_max_scalar, quantize_one, QuantParams};
+use super::vnni::{ymm_tile, zmm_tile, DotOps};
 
-const MR: usize = 6;
+/// Rows of the AVX2 tile.
+pub(crate) const MR: usize = 6;
 
 /// `R <= MR` rows of the tile (the packed A block always has MR rows per k-quad; a short last
 /// block computes only its real rows).
@@ -31,12 +31,7 @@ const MR: usize = 6;
 /// The CPU must have AVX2; `a` must hold one packed block (`kq * 6 * 4` i16), `w` one panel
 /// (`kq * 32` bytes) and `out` `R` rows of `4 * 8` writable i32.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn tile_avx2<const R: usize>(
-    a: *const u8,
-    w: *const u8,
-    kq: usize,
-    out: *mut i32,
-) {
+unsafe fn tile_avx2_rows<const R: usize>(a: *const u8, w: *const u8, kq: usize, out: *mut i32) {
     // SAFETY: AVX2 is there and every pointer is in bounds (caller): A reads rows < R <= MR
     // of each k-quad, W 32 bytes per k-quad, stores R rows of 8 i32 into the tile buffer.
     unsafe {
@@ -60,25 +55,27 @@ pub(crate) unsafe fn tile_avx2<const R: usize>(
             // [c0 c1 c4 c5 | c2 c3 c6 c7] -> [c0 .. c7]
             let h = _mm256_hadd_epi32(acc[0], acc[1]);
             let h = _mm256_permute4x64_epi64::<0xD8>(h);
-            _mm256_storeu_si256(out.add(r * 4 * NR) as *mut __m256i, h);
+            _mm256_storeu_si256(out.add(r * TILE_STRIDE) as *mut __m256i, h);
         }
     }
 }
 
+/// The AVX2 tile for `rows <= MR` rows (see [`super::layout`] for the contract).
+///
 /// # Safety
-/// The CPU must have AVX2; as [`drive`].
+/// As [`tile_avx2_rows`] with `R = rows`.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn run_avx2(job: &Job, p0: usize, p1: usize) {
-    // SAFETY: AVX2 is there (caller); the driver passes valid blocks, panels and buffers.
+pub(crate) unsafe fn tile_avx2(a: *const u8, w: *const u8, kq: usize, o: *mut i32, rows: usize) {
+    // SAFETY: as guaranteed by the caller, for the `rows` rows asked.
     unsafe {
-        drive::<MR, 1, _>(job, p0, p1, |a, w, kq, o, rows, _| match rows {
-            6 => tile_avx2::<6>(a, w, kq, o),
-            5 => tile_avx2::<5>(a, w, kq, o),
-            4 => tile_avx2::<4>(a, w, kq, o),
-            3 => tile_avx2::<3>(a, w, kq, o),
-            2 => tile_avx2::<2>(a, w, kq, o),
-            _ => tile_avx2::<1>(a, w, kq, o),
-        })
+        match rows {
+            6 => tile_avx2_rows::<6>(a, w, kq, o),
+            5 => tile_avx2_rows::<5>(a, w, kq, o),
+            4 => tile_avx2_rows::<4>(a, w, kq, o),
+            3 => tile_avx2_rows::<3>(a, w, kq, o),
+            2 => tile_avx2_rows::<2>(a, w, kq, o),
+            _ => tile_avx2_rows::<1>(a, w, kq, o),
+        }
     }
 }
 
@@ -162,21 +159,16 @@ impl DotOps for Zmm {
 /// # Safety
 /// The CPU must have AVX2 and AVX-VNNI; as [`super::vnni::tile`].
 #[target_feature(enable = "avx2,avxvnni")]
-unsafe fn tile_avxvnni(a: *const u8, w: *const u8, kq: usize, o: *mut i32, rows: usize, np: usize) {
+pub(crate) unsafe fn tile_avxvnni(
+    a: *const u8,
+    w: *const u8,
+    kq: usize,
+    o: *mut i32,
+    rows: usize,
+    np: usize,
+) {
     // SAFETY: features and extents as guaranteed by the caller.
     unsafe { ymm_tile!(Ymm, a, w, kq, o, rows, np) }
-}
-
-/// # Safety
-/// The CPU must have AVX2 and AVX-VNNI; as [`drive`].
-#[target_feature(enable = "avx2,avxvnni")]
-pub(crate) unsafe fn run_avxvnni(job: &Job, p0: usize, p1: usize) {
-    // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
-    unsafe {
-        drive::<MR_YMM, NP_YMM, _>(job, p0, p1, |a, w, kq, o, rows, np| {
-            tile_avxvnni(a, w, kq, o, rows, np)
-        })
-    }
 }
 
 /// One zmm VNNI tile call, compiled with the AVX-512 VNNI features.
@@ -184,7 +176,7 @@ pub(crate) unsafe fn run_avxvnni(job: &Job, p0: usize, p1: usize) {
 /// # Safety
 /// The CPU must have AVX2, AVX-512F/BW and AVX-512 VNNI; as [`super::vnni::tile`].
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_avx512vnni(
+pub(crate) unsafe fn tile_avx512vnni(
     a: *const u8,
     w: *const u8,
     kq: usize,
@@ -196,19 +188,7 @@ unsafe fn tile_avx512vnni(
     unsafe { zmm_tile!(Zmm, a, w, kq, o, rows, np) }
 }
 
-/// # Safety
-/// The CPU must have AVX2, AVX-512F/BW and AVX-512 VNNI; as [`drive`].
-#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn run_avx512vnni(job: &Job, p0: usize, p1: usize) {
-    // SAFETY: the features are there (caller); the driver passes valid blocks and panels.
-    unsafe {
-        drive::<MR_ZMM, NP_ZMM, _>(job, p0, p1, |a, w, kq, o, rows, np| {
-            tile_avx512vnni(a, w, kq, o, rows, np)
-        })
-    }
-}
-
-/// [`super::gemm::pack_row_i16`] with AVX2: 16 activations per step (`vpmovzxbw`, minus za,
+/// [`super::scalar::pack_row_i16`] with AVX2: 16 activations per step (`vpmovzxbw`, minus za,
 /// four 8-byte stores, one per k-quad).
 ///
 /// # Safety
