@@ -1,6 +1,6 @@
 //! Kernel tests on random inputs against the f64 reference.
 
-use super::kernels::{attention_reference, exp_neg};
+use super::kernels::exp_neg;
 use super::*;
 
 /// xorshift64*, uniform in [-1, 1).
@@ -39,6 +39,57 @@ pub(crate) fn kernels_here() -> Vec<OpsKernel> {
         }
     }
     v
+}
+
+/// Plain reference: the textbook formula, f64 accumulation, one head at a time.
+pub(crate) fn attention_reference(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<MaskView>,
+    dims: AttnDims,
+    scale: f32,
+    nan_to_zero: bool,
+) -> Vec<f32> {
+    let AttnDims {
+        batch,
+        seq_q,
+        seq_k,
+        heads,
+        head_dim: d,
+    } = dims;
+    let hd = heads * d;
+    let mut out = vec![0f32; batch * seq_q * hd];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..seq_q {
+                let mut x = vec![0f64; seq_k];
+                for (j, x) in x.iter_mut().enumerate() {
+                    let mut s = 0f64;
+                    for dd in 0..d {
+                        s += q[(b * seq_q + i) * hd + h * d + dd] as f64
+                            * k[(b * seq_k + j) * hd + h * d + dd] as f64;
+                    }
+                    let a = mask.map_or(0.0, |m| m.data[b * m.sb + h * m.sh + i * m.si + j]);
+                    *x = s * scale as f64 + a as f64;
+                }
+                let mx = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = x.iter().map(|&x| (x - mx).exp()).collect();
+                let sum: f64 = p.iter().sum();
+                for dd in 0..d {
+                    let mut o = 0f64;
+                    for j in 0..seq_k {
+                        o += p[j] / sum * v[(b * seq_k + j) * hd + h * d + dd] as f64;
+                    }
+                    if o.is_nan() && nan_to_zero {
+                        o = 0.0;
+                    }
+                    out[(b * seq_q + i) * hd + h * d + dd] = o as f32;
+                }
+            }
+        }
+    }
+    out
 }
 
 #[test]
