@@ -17,8 +17,10 @@ pub(super) trait AttnBody {
     /// K^T is zero-padded to a multiple of this many keys (`sp`).
     const COLS: usize;
 
-    /// `sc[r * sp + j] = sum_dd q[r * q_stride + dd] * kt[dd * sp + j]` for `r < ROWS`,
-    /// `j < sp` (rows `r >= rows` read row `rows - 1` of Q).
+    /// `sc[r * sp + j] = sum_dd q[r * q_stride + dd] * K[j][dd]` for `r < ROWS`, `j < sp`
+    /// (rows `r >= rows` read row `rows - 1` of Q). K^T comes in panels of `COLS` keys:
+    /// key `j`, element `dd` at `kt[(j / COLS) * d * COLS + dd * COLS + j % COLS]` (zero for
+    /// `j >= seq_k`), so that a block of scores reads its panel in order.
     ///
     /// # Safety
     /// `q` is valid for `rows` rows of `d` values at stride `q_stride` (`rows >= 1`), `kt` for
@@ -68,7 +70,7 @@ pub(super) trait AttnBody {
     );
 }
 
-/// One (batch, head): K^T packed once (`head_dim x sp`, zero-padded), then blocks of
+/// One (batch, head): K^T packed once (panels of `B::COLS` keys, zero-padded), then blocks of
 /// `B::ROWS` query rows: scores, masked softmax (unnormalised), `P V`, divided by the row
 /// sums.
 ///
@@ -107,15 +109,24 @@ pub(super) unsafe fn head<B: AttnBody>(
     }
     let (kt, sc) = scratch.split_at_mut(d * sp);
     let sc = &mut sc[..rows_max * sp];
-    // K^T of this head, zero-padded to whole column tiles
-    for j in 0..seq_k {
-        let row = &k[(b * seq_k + j) * hd + h * d..][..d];
+    // K^T of this head in panels of B::COLS keys, zero-padded to whole panels
+    let cols = B::COLS;
+    for (j, row) in k[b * seq_k * hd..]
+        .chunks(hd)
+        .take(seq_k)
+        .map(|r| &r[h * d..][..d])
+        .enumerate()
+    {
+        let panel = &mut kt[(j / cols) * d * cols + j % cols..];
         for (dd, &x) in row.iter().enumerate() {
-            kt[dd * sp + j] = x;
+            panel[dd * cols] = x;
         }
     }
-    for dd in 0..d {
-        kt[dd * sp + seq_k..(dd + 1) * sp].fill(0.0);
+    for j in seq_k..sp {
+        let panel = &mut kt[(j / cols) * d * cols + j % cols..];
+        for dd in 0..d {
+            panel[dd * cols] = 0.0;
+        }
     }
     let v_head = v[b * seq_k * hd + h * d..].as_ptr();
     let mut i0 = 0;

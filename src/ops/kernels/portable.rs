@@ -84,9 +84,9 @@ impl<const FMA: bool, const FAST_EXP: bool> AttnBody for Portable<FMA, FAST_EXP>
         let mut jc = 0;
         while jc < sp {
             let mut acc = [[0f32; COLS]; ROWS];
-            // `kp` walks K^T's rows `jc..jc + COLS` (sp is a multiple of COLS, kt holds
+            // `kp` walks the panel of keys `jc..jc + COLS` (sp is a multiple of COLS, kt holds
             // d * sp values), each `qp[r]` reads `d` values of a Q row (caller)
-            let mut kp = kt.add(jc);
+            let mut kp = kt.add(jc * d);
             for dd in 0..d {
                 let kv = &*(kp as *const [f32; COLS]);
                 for r in 0..ROWS {
@@ -95,7 +95,7 @@ impl<const FMA: bool, const FAST_EXP: bool> AttnBody for Portable<FMA, FAST_EXP>
                         acc[r][l] = madd::<FMA>(x, kv[l], acc[r][l]);
                     }
                 }
-                kp = kp.add(sp);
+                kp = kp.add(COLS);
             }
             for r in 0..ROWS {
                 std::ptr::copy_nonoverlapping(acc[r].as_ptr(), sc.add(r * sp + jc), COLS);
