@@ -22,23 +22,45 @@ impl Rng {
     }
 }
 
-/// Prints one line per kernel this CPU cannot run; fails if `ELECTRA_EDGE_REQUIRE_KERNELS`
-/// names it (`simd`).
+/// The ops kernels of this architecture that this CPU runs. Reports each missing one once
+/// (uncaptured stderr): `SKIPPED ops kernel <name>: this CPU lacks <features>`, and fails
+/// when `ELECTRA_EDGE_REQUIRE_KERNELS` names it (`simd`, or `all`: every kernel
+/// of this architecture).
 pub(crate) fn kernels_here() -> Vec<OpsKernel> {
+    static REPORT: std::sync::Once = std::sync::Once::new();
+    let all = OpsKernel::of_this_arch();
+    let (here, missing): (Vec<OpsKernel>, Vec<OpsKernel>) =
+        all.iter().partition(|k| k.is_available());
+    REPORT.call_once(|| {
+        use std::io::Write;
+        let mut msg = String::new();
+        for k in &missing {
+            msg += &format!(
+                "SKIPPED ops kernel {}: this CPU lacks {}\n",
+                k.name(),
+                k.features()
+            );
+        }
+        // io::stderr() directly: libtest captures eprintln! of passing tests, not this
+        let _ = std::io::stderr().write_all(msg.as_bytes());
+    });
     let required = std::env::var("ELECTRA_EDGE_REQUIRE_KERNELS").unwrap_or_default();
-    let mut v = vec![];
-    for k in [OpsKernel::Scalar, OpsKernel::Simd] {
-        if k.is_available() {
-            v.push(k);
-        } else {
-            eprintln!("SKIPPED ops kernel {}: this CPU lacks it", k.name());
+    for name in required.split(',').map(str::trim) {
+        for k in &missing {
+            let named = match k {
+                OpsKernel::Simd => name == "simd",
+                OpsKernel::Scalar => false,
+            };
             assert!(
-                !required.split(',').any(|r| r.trim() == "simd"),
-                "ELECTRA_EDGE_REQUIRE_KERNELS asks for the ops simd kernel"
+                !(named || name == "all"),
+                "ELECTRA_EDGE_REQUIRE_KERNELS={required}: the ops kernel {} is required but \
+                 this CPU lacks {}",
+                k.name(),
+                k.features()
             );
         }
     }
-    v
+    here
 }
 
 /// Plain reference: the textbook formula, f64 accumulation, one head at a time.
@@ -105,6 +127,51 @@ fn exp_neg_is_accurate() {
     assert!(worst < 4e-7, "relative error {worst}");
     assert!(exp_neg(f32::NEG_INFINITY) < 1.3e-38);
     assert_eq!(exp_neg(0.0), 1.0);
+}
+
+/// Every body's softmax `exp` (vector part and tails) to 4e-7 of `e^x` over the range the
+/// softmax gives it, and 1.2e-38 or less for `-inf` (a masked key); their sum to 1e-6.
+#[test]
+fn body_exp_is_accurate() {
+    use super::kernels::exp_sum_with;
+    for kernel in kernels_here() {
+        for len in [1, 3, 4, 7, 8, 15, 16, 17, 31, 33, 64, 6371] {
+            // x - mx over (-87, 0] (below ~-87.3 the bodies clamp): mx = 1, values up to 1
+            let xs: Vec<f32> = (0..len)
+                .map(|i| 1.0 - 87.0 * i as f32 / len as f32)
+                .collect();
+            let mut s = xs.clone();
+            let sum = exp_sum_with(kernel, &mut s, 1.0);
+            let mut want_sum = 0f64;
+            for (x, got) in xs.iter().zip(&s) {
+                let want = (*x as f64 - 1.0).exp();
+                want_sum += want;
+                let tol = if kernel == OpsKernel::Scalar {
+                    2e-7
+                } else {
+                    4e-7
+                };
+                assert!(
+                    ((*got as f64 - want) / want).abs() < tol,
+                    "{} len {len}: exp({}) = {got}, want {want}",
+                    kernel.name(),
+                    x - 1.0
+                );
+            }
+            assert!(
+                ((sum as f64 - want_sum) / want_sum).abs() < 1e-6,
+                "{} len {len}: sum {sum}, want {want_sum}",
+                kernel.name()
+            );
+        }
+        let mut s = vec![f32::NEG_INFINITY; 19];
+        exp_sum_with(kernel, &mut s, 0.0);
+        assert!(
+            s.iter().all(|&e| (0.0..1.3e-38).contains(&e)),
+            "{}: {s:?}",
+            kernel.name()
+        );
+    }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -379,6 +446,36 @@ fn gelu_is_the_same_on_any_threads() {
                         .zip(&want)
                         .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{} len {len} x{threads}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
+/// A NaN score (here from a NaN in one key, first or last: the vector part or the tail of
+/// every body's softmax) makes every row NaN, with or without the guard, on every kernel.
+#[test]
+fn nan_scores_give_nan_rows() {
+    let mut rng = Rng::new(23);
+    let dims = AttnDims {
+        batch: 1,
+        seq_q: 3,
+        seq_k: 37,
+        heads: 1,
+        head_dim: 8,
+    };
+    let (q, v) = (rng.vec(24, 1.0), rng.vec(37 * 8, 1.0));
+    for kernel in kernels_here() {
+        for key in [0, 17, 36] {
+            let mut k = rng.vec(37 * 8, 1.0);
+            k[key * 8 + 3] = f32::NAN;
+            for guard in [true, false] {
+                let mut got = vec![0f32; 24];
+                attention_f32(kernel, &q, &k, &v, None, dims, 0.5, guard, &mut got, 1);
+                assert!(
+                    got.iter().all(|x| x.is_nan()),
+                    "{} key {key} guard {guard}: {got:?}",
                     kernel.name()
                 );
             }

@@ -4,19 +4,23 @@
 //!
 //! This file holds the entry points: checks, threads and the choice of instruction set
 //! ([`OpsKernel`]). [`attention`] is the attention driver (the loops of one head over blocks
-//! of query rows); the instruction sets provide the bodies: [`portable`] (plain Rust, one
-//! generic body per kernel: the scalar reference, and with fused multiply-adds and a fast
-//! `exp` the SIMD path the compiler vectorises) and `x86` (the portable bodies inside an
-//! `avx2,fma` `target_feature` wrapper, chosen at run time). On aarch64 NEON is baseline, so
-//! the portable body is compiled with the fast `exp` and fused multiply-adds there.
+//! of query rows, the packing of K and V); the instruction sets provide the bodies, written
+//! with their intrinsics so that what runs does not depend on what the compiler vectorises
+//! (fat LTO with one codegen unit once lost the vectorised loops of an auto-vectorised body):
+//! [`portable`] (plain Rust, the scalar reference), `x86` (AVX2 + FMA and AVX-512F, chosen at
+//! run time) and `arm` (NEON, baseline on aarch64).
 
 use std::cell::RefCell;
 
+#[cfg(target_arch = "aarch64")]
+mod arm;
 mod attention;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+#[cfg(target_arch = "aarch64")]
+use arm::head_neon;
 use attention::head;
 use portable::{add_layer_norm_body, Portable};
 #[cfg(target_arch = "x86_64")]
@@ -31,11 +35,20 @@ pub enum OpsKernel {
     /// Portable Rust: separate multiply and add, `f32::exp` (the reference).
     Scalar,
     /// x86-64 AVX2 + FMA, or aarch64 NEON: fused multiply-adds and a polynomial `exp`
-    /// (relative error below 2e-7), vectorised by the compiler.
+    /// (relative error below 2e-7), written with the instruction set's intrinsics.
     Simd,
 }
 
 impl OpsKernel {
+    /// Every kernel of this architecture, available here or not.
+    pub fn of_this_arch() -> &'static [OpsKernel] {
+        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            &[OpsKernel::Scalar, OpsKernel::Simd]
+        } else {
+            &[OpsKernel::Scalar]
+        }
+    }
+
     /// Whether this CPU can run it.
     pub fn is_available(self) -> bool {
         match self {
@@ -71,6 +84,15 @@ impl OpsKernel {
                     "avx2+fma"
                 }
             }
+        }
+    }
+
+    /// The instruction-set features it needs, as `SKIPPED` messages name them.
+    pub fn features(self) -> &'static str {
+        match self {
+            OpsKernel::Scalar => "nothing",
+            OpsKernel::Simd if cfg!(target_arch = "aarch64") => "neon",
+            OpsKernel::Simd => "avx2, fma",
         }
     }
 }
@@ -208,32 +230,26 @@ unsafe fn run_head(
         #[cfg(target_arch = "x86_64")]
         OpsKernel::Simd => head_avx2(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch),
         #[cfg(target_arch = "aarch64")]
-        OpsKernel::Simd => head::<Portable<true, true>>(
-            q,
-            k,
-            v,
-            mask,
-            dims,
-            scale,
-            nan_to_zero,
-            out,
-            b,
-            h,
-            scratch,
-        ),
-        _ => head::<Portable<false, false>>(
-            q,
-            k,
-            v,
-            mask,
-            dims,
-            scale,
-            nan_to_zero,
-            out,
-            b,
-            h,
-            scratch,
-        ),
+        OpsKernel::Simd => head_neon(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch),
+        _ => head::<Portable>(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch),
+    }
+}
+
+/// The softmax's `exp` pass of `kernel`'s attention body: `s[j] = exp(s[j] - mx)`, returns
+/// their sum (for the tests of the bodies' `exp`).
+#[cfg(test)]
+pub(crate) fn exp_sum_with(kernel: OpsKernel, s: &mut [f32], mx: f32) -> f32 {
+    use attention::AttnBody;
+    assert!(kernel.is_available());
+    // SAFETY: the CPU has the kernel's features (asserted just above).
+    unsafe {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            OpsKernel::Simd => x86::exp_sum_avx2(s, mx),
+            #[cfg(target_arch = "aarch64")]
+            OpsKernel::Simd => arm::Neon::exp_sum(s, mx),
+            _ => Portable::exp_sum(s, mx),
+        }
     }
 }
 
@@ -246,7 +262,7 @@ pub(crate) const MIN_ELEMS_PER_THREAD: usize = 1 << 14;
 /// to `threads` threads when it is big enough (element-wise: the same result for any split).
 pub fn gelu_f32(kernel: OpsKernel, xs: &mut [f32], div: f32, threads: usize) {
     use crate::int8::pool;
-    let simd = kernel == OpsKernel::Simd && kernel.is_available();
+    let simd = kernel != OpsKernel::Scalar && kernel.is_available();
     let t = pool::threads_for(xs.len(), threads, MIN_ELEMS_PER_THREAD);
     if t <= 1 {
         return crate::int8::gelu::gelu_f32(simd, xs, div);

@@ -1,18 +1,8 @@
-//! Portable bodies of the f32 kernels: plain Rust loops, one generic body each. With
-//! `FMA = false` and `FAST_EXP = false` they are the scalar reference (separate multiply and
-//! add, `f32::exp`); the fast `exp` they share with the SIMD bodies is [`exp_neg`].
+//! Portable bodies of the f32 kernels, plain Rust loops: the scalar reference (separate
+//! multiply and add, `f32::exp`), and the fast `exp` whose polynomial the SIMD bodies use
+//! ([`exp_neg`], [`exp_consts`]).
 
 use super::attention::AttnBody;
-
-/// `a * b + c`: fused when `FMA` (only instantiated so where the CPU has it).
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
 
 /// Cephes' `exp` constants: `ln 2` split in two (Cody-Waite), the 1.5 * 2^23 rounding
 /// shifter, the smallest argument, and the polynomial for `e^r`, `|r| <= ln(2) / 2`.
@@ -38,6 +28,7 @@ pub(super) mod exp_consts {
 /// `ln(f32::MIN_POSITIVE)` it returns ~1.2e-38 instead of 0 (invisible after the softmax's
 /// division by a sum >= 1).
 #[inline(always)]
+#[cfg_attr(not(any(test, target_arch = "x86_64")), allow(dead_code))]
 pub(crate) fn exp_neg(x: f32) -> f32 {
     use exp_consts::*;
     let x = if x < LO { LO } else { x };
@@ -54,19 +45,19 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     y * scale
 }
 
-/// The portable attention body: blocks of 6 query rows by 16 keys (`Q K^T`) or 16 columns
-/// of the head (`P V`), fused multiply-adds when `FMA`, [`exp_neg`] when `FAST_EXP`.
-pub(super) struct Portable<const FMA: bool, const FAST_EXP: bool>;
+/// The portable attention body, the reference: blocks of 6 query rows by 16 keys (`Q K^T`)
+/// or 16 columns of the head (`P V`), separate multiply and add, `f32::exp`.
+pub(super) struct Portable;
 
-/// Query rows per block of the portable body: 6 x 16 keeps 12 of AVX2's 16 registers
-/// accumulating when the compiler vectorises it.
+/// Query rows per block of the portable body.
 const ROWS: usize = 6;
 /// Columns per register tile.
 const COLS: usize = 16;
 
-impl<const FMA: bool, const FAST_EXP: bool> AttnBody for Portable<FMA, FAST_EXP> {
+impl AttnBody for Portable {
     const ROWS: usize = ROWS;
-    const COLS: usize = COLS;
+    const KEYS: usize = COLS;
+    const VCOLS: usize = COLS;
 
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
@@ -92,7 +83,7 @@ impl<const FMA: bool, const FAST_EXP: bool> AttnBody for Portable<FMA, FAST_EXP>
                 for r in 0..ROWS {
                     let x = *qp[r].add(dd);
                     for l in 0..COLS {
-                        acc[r][l] = madd::<FMA>(x, kv[l], acc[r][l]);
+                        acc[r][l] += x * kv[l];
                     }
                 }
                 kp = kp.add(COLS);
@@ -124,22 +115,14 @@ impl<const FMA: bool, const FAST_EXP: bool> AttnBody for Portable<FMA, FAST_EXP>
         let mut chunks = s.chunks_exact_mut(8);
         for c in &mut chunks {
             for l in 0..8 {
-                let e = if FAST_EXP {
-                    exp_neg(c[l] - mx)
-                } else {
-                    (c[l] - mx).exp()
-                };
+                let e = (c[l] - mx).exp();
                 c[l] = e;
                 sums[l] += e;
             }
         }
         let mut sum = 0f32;
         for x in chunks.into_remainder() {
-            let e = if FAST_EXP {
-                exp_neg(*x - mx)
-            } else {
-                (*x - mx).exp()
-            };
+            let e = (*x - mx).exp();
             *x = e;
             sum += e;
         }
@@ -152,8 +135,7 @@ impl<const FMA: bool, const FAST_EXP: bool> AttnBody for Portable<FMA, FAST_EXP>
         p: *const f32,
         sp: usize,
         seq_k: usize,
-        v: *const f32,
-        v_stride: usize,
+        vt: *const f32,
         d: usize,
         inv: &[f32],
         out: *mut f32,
@@ -163,32 +145,20 @@ impl<const FMA: bool, const FAST_EXP: bool> AttnBody for Portable<FMA, FAST_EXP>
         while dc < d {
             let w = (d - dc).min(COLS);
             let mut acc = [[0f32; COLS]; ROWS];
-            // `vp` walks V's rows 0..seq_k at columns dc..dc + w, `pp[r]` the scores row r
-            // (sp >= seq_k values): both inside what the caller guarantees
+            // `vp` walks the panel of columns dc..dc + COLS (seq_k rows of COLS values),
+            // `pp[r]` the scores row r (sp >= seq_k values): both inside what the caller
+            // guarantees
             let pp: [*const f32; ROWS] = std::array::from_fn(|r| p.add(r * sp));
-            let mut vp = v.add(dc);
-            if w == COLS {
-                for j in 0..seq_k {
-                    let vr = &*(vp as *const [f32; COLS]);
-                    for r in 0..ROWS {
-                        let p = *pp[r].add(j);
-                        for l in 0..COLS {
-                            acc[r][l] = madd::<FMA>(p, vr[l], acc[r][l]);
-                        }
+            let mut vp = vt.add(dc * seq_k);
+            for j in 0..seq_k {
+                let vr = &*(vp as *const [f32; COLS]);
+                for r in 0..ROWS {
+                    let p = *pp[r].add(j);
+                    for l in 0..COLS {
+                        acc[r][l] += p * vr[l];
                     }
-                    vp = vp.add(v_stride);
                 }
-            } else {
-                for j in 0..seq_k {
-                    let vr = std::slice::from_raw_parts(vp, w);
-                    for r in 0..ROWS {
-                        let p = *pp[r].add(j);
-                        for l in 0..w {
-                            acc[r][l] = madd::<FMA>(p, vr[l], acc[r][l]);
-                        }
-                    }
-                    vp = vp.add(v_stride);
-                }
+                vp = vp.add(COLS);
             }
             for (r, &inv) in inv.iter().enumerate() {
                 let dst = out.add(r * out_stride + dc);
