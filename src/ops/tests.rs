@@ -453,6 +453,80 @@ fn gelu_is_the_same_on_any_threads() {
     }
 }
 
+/// Every LayerNorm kernel here gives the scalar reference's bits (the SIMD bodies keep its
+/// operations and their order), odd widths and tails included.
+#[test]
+fn add_layer_norm_kernels_give_the_scalar_bits() {
+    use super::kernels::add_layer_norm_f32;
+    let mut rng = Rng::new(21);
+    for kernel in kernels_here() {
+        for (rows, n) in [
+            (1, 1),
+            (2, 7),
+            (3, 8),
+            (2, 15),
+            (3, 16),
+            (2, 23),
+            (4, 256),
+            (2, 300),
+        ] {
+            let x = rng.vec(rows * n, 4.0);
+            let r = rng.vec(rows * n, 2.0);
+            let gamma = rng.vec(n, 1.5);
+            let beta = rng.vec(n, 0.3);
+            for (res, bias) in [(true, true), (false, true), (true, false), (false, false)] {
+                let run = |kernel| {
+                    let mut y = vec![f32::NAN; rows * n];
+                    add_layer_norm_f32(
+                        kernel,
+                        &x,
+                        res.then_some(&r[..]),
+                        &gamma,
+                        bias.then_some(&beta[..]),
+                        1e-12,
+                        &mut y,
+                        1,
+                    );
+                    y
+                };
+                let (want, got) = (run(OpsKernel::Scalar), run(kernel));
+                assert!(want.iter().all(|v| v.is_finite()));
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} rows {rows} n {n} res {res} bias {bias}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
+/// Every GELU kernel here gives the scalar reference's bits, every length up to 40 (the
+/// vector bodies' tails) and a long one, over the whole useful range.
+#[test]
+fn gelu_kernels_give_the_scalar_bits() {
+    use super::kernels::gelu_f32;
+    let mut rng = Rng::new(22);
+    let div = std::f32::consts::SQRT_2;
+    for kernel in kernels_here() {
+        for len in (0..=40).chain([4099]) {
+            let x = rng.vec(len, 8.0);
+            let (mut want, mut got) = (x.clone(), x.clone());
+            gelu_f32(OpsKernel::Scalar, &mut want, div, 1);
+            gelu_f32(kernel, &mut got, div, 1);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} len {len}",
+                kernel.name()
+            );
+        }
+    }
+}
+
 /// A NaN score (here from a NaN in one key, first or last: the vector part or the tail of
 /// every body's softmax) makes every row NaN, with or without the guard, on every kernel.
 #[test]

@@ -1,4 +1,4 @@
-//! aarch64 NEON bodies (baseline on every aarch64 CPU): attention written with
+//! aarch64 NEON bodies (baseline on every aarch64 CPU): attention and LayerNorm written with
 //! `std::arch::aarch64` intrinsics, so that what runs does not depend on what the compiler
 //! vectorises (fat LTO with one codegen unit once lost the vectorised loops of the portable
 //! attention body, and ran 3.7x its instructions).
@@ -7,6 +7,9 @@
 //! 16 accumulators, `fmla` by element (a Q or P vector holds 4 consecutive `k`, one per
 //! lane), 16 values of K^T or V per `k` from panels read in order (two `ldp`); the softmax's
 //! `exp` is the portable [`exp_neg`](super::portable::exp_neg) polynomial on 4 lanes.
+//!
+//! LayerNorm: the portable body's operations in the same order (every product and sum
+//! rounded separately, the same 8 partial sums), so that it gives the same bits.
 
 use std::arch::aarch64::*;
 
@@ -450,4 +453,152 @@ pub(super) unsafe fn head_neon(
     scratch: &mut Vec<f32>,
 ) {
     head::<Neon>(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch)
+}
+
+/// `((a0 + a2) + (a1 + a3))` of `a = lo + hi`: the portable body's reduction of its 8 lanes.
+#[inline(always)]
+unsafe fn reduce8(lo: float32x4_t, hi: float32x4_t) -> f32 {
+    let a = vaddq_f32(lo, hi);
+    vpadds_f32(vadd_f32(vget_low_f32(a), vget_high_f32(a)))
+}
+
+/// The portable LayerNorm body ([`add_layer_norm_body`](super::portable::add_layer_norm_body))
+/// on NEON registers: the same operations in the same order, hence the same bits: rows of
+/// `n`, `y = LayerNorm(x [+ r]) * gamma [+ beta]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_layer_norm_neon(
+    x: &[f32],
+    r: Option<&[f32]>,
+    gamma: &[f32],
+    beta: Option<&[f32]>,
+    eps: f32,
+    y: &mut [f32],
+) {
+    let n = gamma.len();
+    let len = n as f32;
+    assert!(x.len() == y.len() && r.is_none_or(|r| r.len() == y.len()));
+    assert!(beta.is_none_or(|b| b.len() == n));
+    for (row, yr) in y.chunks_exact_mut(n).enumerate() {
+        let xr = &x[row * n..][..n];
+        let rr = r.map(|r| &r[row * n..][..n]);
+        // SAFETY: every pointer below reads or writes inside its row of n values (`j + 16`,
+        // `j + 8 <= n` in the vector loops, `j < n` in the scalar tails); NEON is baseline.
+        unsafe {
+            let (xp, yp, gp) = (xr.as_ptr(), yr.as_mut_ptr(), gamma.as_ptr());
+            // y = x + r, and the sum of y in 8 lanes
+            let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+            let mut j = 0;
+            while j + 16 <= n {
+                let mut a = vld1q_f32_x4(xp.add(j));
+                if let Some(rr) = rr {
+                    let b = vld1q_f32_x4(rr.as_ptr().add(j));
+                    a = float32x4x4_t(
+                        vaddq_f32(a.0, b.0),
+                        vaddq_f32(a.1, b.1),
+                        vaddq_f32(a.2, b.2),
+                        vaddq_f32(a.3, b.3),
+                    );
+                }
+                vst1q_f32_x4(yp.add(j), a);
+                lo = vaddq_f32(vaddq_f32(lo, a.0), a.2);
+                hi = vaddq_f32(vaddq_f32(hi, a.1), a.3);
+                j += 16;
+            }
+            if j + 8 <= n {
+                let mut a = vld1q_f32_x2(xp.add(j));
+                if let Some(rr) = rr {
+                    let b = vld1q_f32_x2(rr.as_ptr().add(j));
+                    a = float32x4x2_t(vaddq_f32(a.0, b.0), vaddq_f32(a.1, b.1));
+                }
+                vst1q_f32_x2(yp.add(j), a);
+                lo = vaddq_f32(lo, a.0);
+                hi = vaddq_f32(hi, a.1);
+                j += 8;
+            }
+            let tail = j;
+            let mut t = 0f32;
+            for j in tail..n {
+                let v = match rr {
+                    Some(rr) => xr[j] + rr[j],
+                    None => xr[j],
+                };
+                *yp.add(j) = v;
+                t += v;
+            }
+            let mean = (reduce8(lo, hi) + t) / len;
+            // d = y - mean in place, and the sum of d^2 in 8 lanes
+            let m = vdupq_n_f32(mean);
+            let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+            let mut j = 0;
+            while j + 16 <= n {
+                let a = vld1q_f32_x4(yp.add(j));
+                let d = float32x4x4_t(
+                    vsubq_f32(a.0, m),
+                    vsubq_f32(a.1, m),
+                    vsubq_f32(a.2, m),
+                    vsubq_f32(a.3, m),
+                );
+                vst1q_f32_x4(yp.add(j), d);
+                lo = vaddq_f32(lo, vmulq_f32(d.0, d.0));
+                hi = vaddq_f32(hi, vmulq_f32(d.1, d.1));
+                lo = vaddq_f32(lo, vmulq_f32(d.2, d.2));
+                hi = vaddq_f32(hi, vmulq_f32(d.3, d.3));
+                j += 16;
+            }
+            if j + 8 <= n {
+                let a = vld1q_f32_x2(yp.add(j));
+                let d = float32x4x2_t(vsubq_f32(a.0, m), vsubq_f32(a.1, m));
+                vst1q_f32_x2(yp.add(j), d);
+                lo = vaddq_f32(lo, vmulq_f32(d.0, d.0));
+                hi = vaddq_f32(hi, vmulq_f32(d.1, d.1));
+            }
+            let mut t = 0f32;
+            for j in tail..n {
+                let d = *yp.add(j) - mean;
+                *yp.add(j) = d;
+                t += d * d;
+            }
+            let var = (reduce8(lo, hi) + t) / len;
+            let inv = (var + eps).sqrt().recip();
+            // y = d * inv * gamma (+ beta)
+            let vi = vdupq_n_f32(inv);
+            let bp = beta.map(|b| b.as_ptr());
+            let mut j = 0;
+            while j + 16 <= n {
+                let (a, g) = (vld1q_f32_x4(yp.add(j)), vld1q_f32_x4(gp.add(j)));
+                let mut o = float32x4x4_t(
+                    vmulq_f32(vmulq_f32(a.0, vi), g.0),
+                    vmulq_f32(vmulq_f32(a.1, vi), g.1),
+                    vmulq_f32(vmulq_f32(a.2, vi), g.2),
+                    vmulq_f32(vmulq_f32(a.3, vi), g.3),
+                );
+                if let Some(bp) = bp {
+                    let b = vld1q_f32_x4(bp.add(j));
+                    o = float32x4x4_t(
+                        vaddq_f32(o.0, b.0),
+                        vaddq_f32(o.1, b.1),
+                        vaddq_f32(o.2, b.2),
+                        vaddq_f32(o.3, b.3),
+                    );
+                }
+                vst1q_f32_x4(yp.add(j), o);
+                j += 16;
+            }
+            while j + 4 <= n {
+                let mut a = vmulq_f32(vmulq_f32(vld1q_f32(yp.add(j)), vi), vld1q_f32(gp.add(j)));
+                if let Some(bp) = bp {
+                    a = vaddq_f32(a, vld1q_f32(bp.add(j)));
+                }
+                vst1q_f32(yp.add(j), a);
+                j += 4;
+            }
+            for j in j..n {
+                let v = *yp.add(j) * inv * gamma[j];
+                *yp.add(j) = match beta {
+                    Some(b) => v + b[j],
+                    None => v,
+                };
+            }
+        }
+    }
 }

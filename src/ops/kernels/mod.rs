@@ -20,7 +20,7 @@ mod portable;
 mod x86;
 
 #[cfg(target_arch = "aarch64")]
-use arm::head_neon;
+use arm::{add_layer_norm_neon, head_neon};
 use attention::head;
 use portable::{add_layer_norm_body, Portable};
 #[cfg(target_arch = "x86_64")]
@@ -330,6 +330,8 @@ fn add_layer_norm_rows(
         OpsKernel::Simd if kernel.is_available() => unsafe {
             add_layer_norm_avx2(x, r, gamma, beta, eps, y)
         },
+        #[cfg(target_arch = "aarch64")]
+        OpsKernel::Simd => add_layer_norm_neon(x, r, gamma, beta, eps, y),
         _ => add_layer_norm_body(x, r, gamma, beta, eps, y),
     }
 }
