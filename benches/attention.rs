@@ -2,7 +2,7 @@
 //! of 64), one batch, no mask, in GFLOP/s of its two products (`Q K^T` and `P V`: 4 x seq^2 x
 //! 256 flops) and ms per call, best of the calls that fit a time budget, thread CPU time.
 //!
-//! `cargo bench --bench attention [-- --seqs 128,512] [--kernel simd|scalar]` (default:
+//! `cargo bench --bench attention [-- --seqs 128,512] [--kernel avx512|simd|scalar]` (default:
 //! the best this CPU has; `simd` is AVX2 + FMA on x86-64, NEON on aarch64)
 
 use electra_edge::ops::{attention_f32, AttnDims, OpsKernel};

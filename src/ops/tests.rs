@@ -24,7 +24,7 @@ impl Rng {
 
 /// The ops kernels of this architecture that this CPU runs. Reports each missing one once
 /// (uncaptured stderr): `SKIPPED ops kernel <name>: this CPU lacks <features>`, and fails
-/// when `ELECTRA_EDGE_REQUIRE_KERNELS` names it (`simd`, or `all`: every kernel
+/// when `ELECTRA_EDGE_REQUIRE_KERNELS` names it (`simd`, `avx512`, or `all`: every kernel
 /// of this architecture).
 pub(crate) fn kernels_here() -> Vec<OpsKernel> {
     static REPORT: std::sync::Once = std::sync::Once::new();
@@ -49,6 +49,7 @@ pub(crate) fn kernels_here() -> Vec<OpsKernel> {
         for k in &missing {
             let named = match k {
                 OpsKernel::Simd => name == "simd",
+                OpsKernel::Avx512 => name == "avx512",
                 OpsKernel::Scalar => false,
             };
             assert!(

@@ -24,7 +24,7 @@ use arm::{add_layer_norm_neon, head_neon};
 use attention::head;
 use portable::{add_layer_norm_body, Portable};
 #[cfg(target_arch = "x86_64")]
-use x86::{add_layer_norm_avx2, head_avx2};
+use x86::{add_layer_norm_avx2, head_avx2, head_avx512};
 
 #[cfg(test)]
 pub(crate) use portable::exp_neg;
@@ -37,12 +37,17 @@ pub enum OpsKernel {
     /// x86-64 AVX2 + FMA, or aarch64 NEON: fused multiply-adds and a polynomial `exp`
     /// (relative error below 2e-7), written with the instruction set's intrinsics.
     Simd,
+    /// x86-64 AVX-512F (with AVX2 + FMA): attention on 512-bit registers; LayerNorm and GELU
+    /// as [`OpsKernel::Simd`].
+    Avx512,
 }
 
 impl OpsKernel {
     /// Every kernel of this architecture, available here or not.
     pub fn of_this_arch() -> &'static [OpsKernel] {
-        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        if cfg!(target_arch = "x86_64") {
+            &[OpsKernel::Scalar, OpsKernel::Simd, OpsKernel::Avx512]
+        } else if cfg!(target_arch = "aarch64") {
             &[OpsKernel::Scalar, OpsKernel::Simd]
         } else {
             &[OpsKernel::Scalar]
@@ -58,6 +63,10 @@ impl OpsKernel {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
+            #[cfg(target_arch = "x86_64")]
+            OpsKernel::Avx512 => {
+                OpsKernel::Simd.is_available() && std::arch::is_x86_feature_detected!("avx512f")
+            }
             #[cfg(target_arch = "aarch64")]
             OpsKernel::Simd => true,
             #[allow(unreachable_patterns)]
@@ -67,11 +76,10 @@ impl OpsKernel {
 
     /// The fastest available one.
     pub fn best() -> OpsKernel {
-        if OpsKernel::Simd.is_available() {
-            OpsKernel::Simd
-        } else {
-            OpsKernel::Scalar
-        }
+        [OpsKernel::Avx512, OpsKernel::Simd]
+            .into_iter()
+            .find(|k| k.is_available())
+            .unwrap_or(OpsKernel::Scalar)
     }
 
     pub fn name(self) -> &'static str {
@@ -84,6 +92,7 @@ impl OpsKernel {
                     "avx2+fma"
                 }
             }
+            OpsKernel::Avx512 => "avx512",
         }
     }
 
@@ -93,6 +102,7 @@ impl OpsKernel {
             OpsKernel::Scalar => "nothing",
             OpsKernel::Simd if cfg!(target_arch = "aarch64") => "neon",
             OpsKernel::Simd => "avx2, fma",
+            OpsKernel::Avx512 => "avx512f, avx2, fma",
         }
     }
 }
@@ -229,6 +239,10 @@ unsafe fn run_head(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         OpsKernel::Simd => head_avx2(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch),
+        #[cfg(target_arch = "x86_64")]
+        OpsKernel::Avx512 => {
+            head_avx512(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch)
+        }
         #[cfg(target_arch = "aarch64")]
         OpsKernel::Simd => head_neon(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch),
         _ => head::<Portable>(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch),
@@ -246,6 +260,8 @@ pub(crate) fn exp_sum_with(kernel: OpsKernel, s: &mut [f32], mx: f32) -> f32 {
         match kernel {
             #[cfg(target_arch = "x86_64")]
             OpsKernel::Simd => x86::exp_sum_avx2(s, mx),
+            #[cfg(target_arch = "x86_64")]
+            OpsKernel::Avx512 => x86::exp_sum_avx512(s, mx),
             #[cfg(target_arch = "aarch64")]
             OpsKernel::Simd => arm::Neon::exp_sum(s, mx),
             _ => Portable::exp_sum(s, mx),
@@ -326,8 +342,9 @@ fn add_layer_norm_rows(
 ) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Simd` is only resolved when the CPU has AVX2 and FMA (`is_available`).
-        OpsKernel::Simd if kernel.is_available() => unsafe {
+        // SAFETY: `Simd` and `Avx512` are only resolved when the CPU has AVX2 and FMA
+        // (`is_available`).
+        OpsKernel::Simd | OpsKernel::Avx512 if kernel.is_available() => unsafe {
             add_layer_norm_avx2(x, r, gamma, beta, eps, y)
         },
         #[cfg(target_arch = "aarch64")]

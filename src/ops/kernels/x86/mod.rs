@@ -1,6 +1,7 @@
 //! x86-64 bodies of the f32 kernels, chosen at run time: attention with AVX2 + FMA
-//! ([`avx2`]), the packing of K and V (SSE), and the portable LayerNorm body compiled with
-//! AVX2 + FMA (it keeps the scalar reference's operations, hence its bits).
+//! ([`avx2`]) or AVX-512F ([`avx512`]), the packing of K and V they share (SSE), and the
+//! portable LayerNorm body compiled with AVX2 + FMA (it keeps the scalar reference's
+//! operations, hence its bits).
 
 use std::arch::x86_64::*;
 
@@ -9,6 +10,7 @@ use super::portable::add_layer_norm_body;
 use super::{AttnDims, MaskView};
 
 mod avx2;
+mod avx512;
 
 /// [`head`] with the AVX2 + FMA body.
 ///
@@ -32,6 +34,28 @@ pub(super) unsafe fn head_avx2(
     head::<avx2::Avx2>(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch)
 }
 
+/// [`head`] with the AVX-512F body.
+///
+/// # Safety
+/// As [`head`]; the CPU has AVX-512F, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn head_avx512(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<MaskView>,
+    dims: AttnDims,
+    scale: f32,
+    nan_to_zero: bool,
+    out: *mut f32,
+    b: usize,
+    h: usize,
+    scratch: &mut Vec<f32>,
+) {
+    head::<avx512::Avx512>(q, k, v, mask, dims, scale, nan_to_zero, out, b, h, scratch)
+}
+
 /// The AVX2 body's `exp` pass, for the tests.
 ///
 /// # Safety
@@ -40,6 +64,16 @@ pub(super) unsafe fn head_avx2(
 pub(in super::super) unsafe fn exp_sum_avx2(s: &mut [f32], mx: f32) -> f32 {
     use super::attention::AttnBody;
     avx2::Avx2::exp_sum(s, mx)
+}
+
+/// The AVX-512 body's `exp` pass, for the tests.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX2 and FMA.
+#[cfg(test)]
+pub(in super::super) unsafe fn exp_sum_avx512(s: &mut [f32], mx: f32) -> f32 {
+    use super::attention::AttnBody;
+    avx512::Avx512::exp_sum(s, mx)
 }
 
 /// [`add_layer_norm_body`] under AVX2 + FMA.
