@@ -1,5 +1,4 @@
-//! Our own transformer ops in tract's graph (issue 9 item 2) and the loader's panic guard
-//! (issue 9 item 4, issue 11 item 3).
+//! Our own transformer ops in tract's graph and the loader's panic guard.
 //!
 //! * [`attention::Attention`]: `softmax(Q K^T * scale + mask) V` for all heads in one op,
 //!   reading Q, K and V as the projections write them (`[B, S, heads * head_dim]`), blocked

@@ -372,19 +372,17 @@ impl AttnBody for Neon {
             s1 = vaddq_f32(s1, b);
             j += 8;
         }
+        if j + 4 <= n {
+            let a = exp_neg4(vsubq_f32(vld1q_f32(sp.add(j)), m));
+            vst1q_f32(sp.add(j), a);
+            s0 = vaddq_f32(s0, a);
+            j += 4;
+        }
         let mut sum = vaddvq_f32(vaddq_f32(s0, s1));
-        while j < n {
-            // the last 1..7 values through a padded vector (-inf pads, never stored)
-            let w = (n - j).min(4);
-            let mut buf = [f32::NEG_INFINITY; 4];
-            buf[..w].copy_from_slice(&s[j..j + w]);
-            vst1q_f32(
-                buf.as_mut_ptr(),
-                exp_neg4(vsubq_f32(vld1q_f32(buf.as_ptr()), m)),
-            );
-            s[j..j + w].copy_from_slice(&buf[..w]);
-            sum += buf[..w].iter().sum::<f32>();
-            j += w;
+        // the last 0..3 one at a time, lane 0 of the same vector code
+        for x in &mut s[j..] {
+            *x = vgetq_lane_f32::<0>(exp_neg4(vdupq_n_f32(*x - mx)));
+            sum += *x;
         }
         sum
     }
