@@ -2,7 +2,8 @@
 //! of 64), one batch, no mask, in GFLOP/s of its two products (`Q K^T` and `P V`: 4 x seq^2 x
 //! 256 flops) and ms per call, best of the calls that fit a time budget, thread CPU time.
 //!
-//! `cargo bench --bench attention [-- --seqs 128,512] [--kernel simd|scalar]`
+//! `cargo bench --bench attention [-- --seqs 128,512] [--kernel avx512|simd|scalar]` (default:
+//! the best this CPU has; `simd` is AVX2 + FMA on x86-64, NEON on aarch64)
 
 use electra_edge::ops::{attention_f32, AttnDims, OpsKernel};
 use std::hint::black_box;
@@ -28,12 +29,24 @@ fn main() {
         .map(|s| s.parse().expect("--seqs: numbers"))
         .collect();
     let kernel = match arg("--kernel").as_deref() {
-        Some("scalar") => OpsKernel::Scalar,
-        _ => OpsKernel::best(),
+        None => OpsKernel::best(),
+        Some(name) => *OpsKernel::of_this_arch()
+            .iter()
+            .find(|k| k.name() == name || (name == "simd" && **k == OpsKernel::Simd))
+            .unwrap_or_else(|| panic!("--kernel {name}: not a kernel of this architecture")),
     };
+    assert!(
+        kernel.is_available(),
+        "--kernel {}: this CPU lacks {}",
+        kernel.name(),
+        kernel.features()
+    );
     let (heads, head_dim) = (4, 64);
     let mut rng = XorShift::new(7);
-    println!("kernel {kernel:?}, {heads} heads x {head_dim}, one thread");
+    println!(
+        "kernel {}, {heads} heads x {head_dim}, one thread",
+        kernel.name()
+    );
     println!("| seq | ms per call | GFLOP/s |");
     println!("| --- | --- | --- |");
     for seq in seqs {

@@ -1,5 +1,4 @@
-//! Our own transformer ops in tract's graph (issue 9 item 2) and the loader's panic guard
-//! (issue 9 item 4, issue 11 item 3).
+//! Our own transformer ops in tract's graph and the loader's panic guard.
 //!
 //! * [`attention::Attention`]: `softmax(Q K^T * scale + mask) V` for all heads in one op,
 //!   reading Q, K and V as the projections write them (`[B, S, heads * head_dim]`), blocked
@@ -14,11 +13,16 @@
 //! * [`guard`]: tract's parse, typing and optimisation under `catch_unwind`; a panic becomes
 //!   one error naming the node and op when known.
 //!
-//! Kernels ([`kernels::OpsKernel`]): portable scalar (the reference) and SIMD (x86-64
-//! AVX2+FMA chosen at run time; aarch64 NEON), one generic body each.
+//! Kernels ([`kernels::OpsKernel`]): portable scalar (the reference) and SIMD bodies written
+//! with intrinsics: aarch64 NEON; x86-64 AVX2 + FMA and, for attention, AVX-512F, chosen at
+//! run time. The kernels' driver owns the loops; each instruction set provides bodies.
 //!
-//! Tests: `cargo test --release --lib ops` (random inputs against an f64 reference; the
-//! fixtures' graphs rewritten against tract's own result to 1e-5).
+//! Tests: `cargo test --release --lib ops` (random inputs against an f64 reference, the
+//! SIMD LayerNorm and GELU bit for bit against the scalar ones; the fixtures' graphs
+//! rewritten against tract's own result to 1e-5), on every kernel this CPU has; each kernel
+//! of this architecture that it lacks is reported as `SKIPPED ops kernel <name>: this CPU
+//! lacks <features>` (a failure when `ELECTRA_EDGE_REQUIRE_KERNELS` names it: `simd`,
+//! `avx512` or `all`).
 
 pub mod attention;
 pub mod guard;

@@ -1,6 +1,6 @@
 //! Kernel tests on random inputs against the f64 reference.
 
-use super::kernels::{attention_reference, exp_neg};
+use super::kernels::exp_neg;
 use super::*;
 
 /// xorshift64*, uniform in [-1, 1).
@@ -22,23 +22,97 @@ impl Rng {
     }
 }
 
-/// Prints one line per kernel this CPU cannot run; fails if `ELECTRA_EDGE_REQUIRE_KERNELS`
-/// names it (`simd`).
+/// The ops kernels of this architecture that this CPU runs. Reports each missing one once
+/// (uncaptured stderr): `SKIPPED ops kernel <name>: this CPU lacks <features>`, and fails
+/// when `ELECTRA_EDGE_REQUIRE_KERNELS` names it (`simd`, `avx512`, or `all`: every kernel
+/// of this architecture).
 pub(crate) fn kernels_here() -> Vec<OpsKernel> {
+    static REPORT: std::sync::Once = std::sync::Once::new();
+    let all = OpsKernel::of_this_arch();
+    let (here, missing): (Vec<OpsKernel>, Vec<OpsKernel>) =
+        all.iter().partition(|k| k.is_available());
+    REPORT.call_once(|| {
+        use std::io::Write;
+        let mut msg = String::new();
+        for k in &missing {
+            msg += &format!(
+                "SKIPPED ops kernel {}: this CPU lacks {}\n",
+                k.name(),
+                k.features()
+            );
+        }
+        // io::stderr() directly: libtest captures eprintln! of passing tests, not this
+        let _ = std::io::stderr().write_all(msg.as_bytes());
+    });
     let required = std::env::var("ELECTRA_EDGE_REQUIRE_KERNELS").unwrap_or_default();
-    let mut v = vec![];
-    for k in [OpsKernel::Scalar, OpsKernel::Simd] {
-        if k.is_available() {
-            v.push(k);
-        } else {
-            eprintln!("SKIPPED ops kernel {}: this CPU lacks it", k.name());
+    for name in required.split(',').map(str::trim) {
+        for k in &missing {
+            let named = match k {
+                OpsKernel::Simd => name == "simd",
+                OpsKernel::Avx512 => name == "avx512",
+                OpsKernel::Scalar => false,
+            };
             assert!(
-                !required.split(',').any(|r| r.trim() == "simd"),
-                "ELECTRA_EDGE_REQUIRE_KERNELS asks for the ops simd kernel"
+                !(named || name == "all"),
+                "ELECTRA_EDGE_REQUIRE_KERNELS={required}: the ops kernel {} is required but \
+                 this CPU lacks {}",
+                k.name(),
+                k.features()
             );
         }
     }
-    v
+    here
+}
+
+/// Plain reference: the textbook formula, f64 accumulation, one head at a time.
+pub(crate) fn attention_reference(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<MaskView>,
+    dims: AttnDims,
+    scale: f32,
+    nan_to_zero: bool,
+) -> Vec<f32> {
+    let AttnDims {
+        batch,
+        seq_q,
+        seq_k,
+        heads,
+        head_dim: d,
+    } = dims;
+    let hd = heads * d;
+    let mut out = vec![0f32; batch * seq_q * hd];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..seq_q {
+                let mut x = vec![0f64; seq_k];
+                for (j, x) in x.iter_mut().enumerate() {
+                    let mut s = 0f64;
+                    for dd in 0..d {
+                        s += q[(b * seq_q + i) * hd + h * d + dd] as f64
+                            * k[(b * seq_k + j) * hd + h * d + dd] as f64;
+                    }
+                    let a = mask.map_or(0.0, |m| m.data[b * m.sb + h * m.sh + i * m.si + j]);
+                    *x = s * scale as f64 + a as f64;
+                }
+                let mx = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = x.iter().map(|&x| (x - mx).exp()).collect();
+                let sum: f64 = p.iter().sum();
+                for dd in 0..d {
+                    let mut o = 0f64;
+                    for j in 0..seq_k {
+                        o += p[j] / sum * v[(b * seq_k + j) * hd + h * d + dd] as f64;
+                    }
+                    if o.is_nan() && nan_to_zero {
+                        o = 0.0;
+                    }
+                    out[(b * seq_q + i) * hd + h * d + dd] = o as f32;
+                }
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -54,6 +128,51 @@ fn exp_neg_is_accurate() {
     assert!(worst < 4e-7, "relative error {worst}");
     assert!(exp_neg(f32::NEG_INFINITY) < 1.3e-38);
     assert_eq!(exp_neg(0.0), 1.0);
+}
+
+/// Every body's softmax `exp` (vector part and tails) to 4e-7 of `e^x` over the range the
+/// softmax gives it, and 1.2e-38 or less for `-inf` (a masked key); their sum to 1e-6.
+#[test]
+fn body_exp_is_accurate() {
+    use super::kernels::exp_sum_with;
+    for kernel in kernels_here() {
+        for len in [1, 3, 4, 7, 8, 15, 16, 17, 31, 33, 64, 6371] {
+            // x - mx over (-87, 0] (below ~-87.3 the bodies clamp): mx = 1, values up to 1
+            let xs: Vec<f32> = (0..len)
+                .map(|i| 1.0 - 87.0 * i as f32 / len as f32)
+                .collect();
+            let mut s = xs.clone();
+            let sum = exp_sum_with(kernel, &mut s, 1.0);
+            let mut want_sum = 0f64;
+            for (x, got) in xs.iter().zip(&s) {
+                let want = (*x as f64 - 1.0).exp();
+                want_sum += want;
+                let tol = if kernel == OpsKernel::Scalar {
+                    2e-7
+                } else {
+                    4e-7
+                };
+                assert!(
+                    ((*got as f64 - want) / want).abs() < tol,
+                    "{} len {len}: exp({}) = {got}, want {want}",
+                    kernel.name(),
+                    x - 1.0
+                );
+            }
+            assert!(
+                ((sum as f64 - want_sum) / want_sum).abs() < 1e-6,
+                "{} len {len}: sum {sum}, want {want_sum}",
+                kernel.name()
+            );
+        }
+        let mut s = vec![f32::NEG_INFINITY; 19];
+        exp_sum_with(kernel, &mut s, 0.0);
+        assert!(
+            s.iter().all(|&e| (0.0..1.3e-38).contains(&e)),
+            "{}: {s:?}",
+            kernel.name()
+        );
+    }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -328,6 +447,110 @@ fn gelu_is_the_same_on_any_threads() {
                         .zip(&want)
                         .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{} len {len} x{threads}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
+/// Every LayerNorm kernel here gives the scalar reference's bits (the SIMD bodies keep its
+/// operations and their order), odd widths and tails included.
+#[test]
+fn add_layer_norm_kernels_give_the_scalar_bits() {
+    use super::kernels::add_layer_norm_f32;
+    let mut rng = Rng::new(21);
+    for kernel in kernels_here() {
+        for (rows, n) in [
+            (1, 1),
+            (2, 7),
+            (3, 8),
+            (2, 15),
+            (3, 16),
+            (2, 23),
+            (4, 256),
+            (2, 300),
+        ] {
+            let x = rng.vec(rows * n, 4.0);
+            let r = rng.vec(rows * n, 2.0);
+            let gamma = rng.vec(n, 1.5);
+            let beta = rng.vec(n, 0.3);
+            for (res, bias) in [(true, true), (false, true), (true, false), (false, false)] {
+                let run = |kernel| {
+                    let mut y = vec![f32::NAN; rows * n];
+                    add_layer_norm_f32(
+                        kernel,
+                        &x,
+                        res.then_some(&r[..]),
+                        &gamma,
+                        bias.then_some(&beta[..]),
+                        1e-12,
+                        &mut y,
+                        1,
+                    );
+                    y
+                };
+                let (want, got) = (run(OpsKernel::Scalar), run(kernel));
+                assert!(want.iter().all(|v| v.is_finite()));
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} rows {rows} n {n} res {res} bias {bias}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
+/// Every GELU kernel here gives the scalar reference's bits, every length up to 40 (the
+/// vector bodies' tails) and a long one, over the whole useful range.
+#[test]
+fn gelu_kernels_give_the_scalar_bits() {
+    use super::kernels::gelu_f32;
+    let mut rng = Rng::new(22);
+    let div = std::f32::consts::SQRT_2;
+    for kernel in kernels_here() {
+        for len in (0..=40).chain([4099]) {
+            let x = rng.vec(len, 8.0);
+            let (mut want, mut got) = (x.clone(), x.clone());
+            gelu_f32(OpsKernel::Scalar, &mut want, div, 1);
+            gelu_f32(kernel, &mut got, div, 1);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} len {len}",
+                kernel.name()
+            );
+        }
+    }
+}
+
+/// A NaN score (here from a NaN in one key, first or last: the vector part or the tail of
+/// every body's softmax) makes every row NaN, with or without the guard, on every kernel.
+#[test]
+fn nan_scores_give_nan_rows() {
+    let mut rng = Rng::new(23);
+    let dims = AttnDims {
+        batch: 1,
+        seq_q: 3,
+        seq_k: 37,
+        heads: 1,
+        head_dim: 8,
+    };
+    let (q, v) = (rng.vec(24, 1.0), rng.vec(37 * 8, 1.0));
+    for kernel in kernels_here() {
+        for key in [0, 17, 36] {
+            let mut k = rng.vec(37 * 8, 1.0);
+            k[key * 8 + 3] = f32::NAN;
+            for guard in [true, false] {
+                let mut got = vec![0f32; 24];
+                attention_f32(kernel, &q, &k, &v, None, dims, 0.5, guard, &mut got, 1);
+                assert!(
+                    got.iter().all(|x| x.is_nan()),
+                    "{} key {key} guard {guard}: {got:?}",
                     kernel.name()
                 );
             }
