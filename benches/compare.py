@@ -87,8 +87,9 @@ def best_rounds(rows):
         m["ready_ms"] = min(m["ready_ms"], r["ready_ms"])
         for seq, v in r["seqs"].items():
             w = m["seqs"].setdefault(seq, dict(v))
-            for k in ("median_ms", "min_ms", "cpu_min_ms"):
-                w[k] = min(w[k], v[k])
+            for k in ("median_ms", "min_ms", "cpu_min_ms", "cpu_mean_ms", "faults"):
+                if k in v:
+                    w[k] = min(w.get(k, v[k]), v[k])
     return list(merged.values())
 
 
@@ -99,6 +100,7 @@ def table(path):
     seqs = sorted({int(s) for r in rows for s in r["seqs"]})
     label = {
         "ours-int8": "electra-edge int8 (fused, mapped sidecar)",
+        "ours-cli": "electra-edge run, whole requests (CLI, mapped sidecar)",
         "ours-int8-heap": "electra-edge int8 (fused, heap weights)",
         "ours-int8-t2": "electra-edge int8 (fused, mapped), 2 threads",
         "ours-fp32": "electra-edge fp32 graph (= tract f32)",
@@ -142,6 +144,26 @@ def table(path):
                 v, w = r["seqs"].get(str(s)), ref["seqs"].get(str(s))
                 cells.append(f'{v["cpu_min_ms"] / w["cpu_min_ms"]:.2f}x' if v and w else "-")
             out.append(f'| {label.get(r["config"], r["config"])} | ' + " | ".join(cells) + " |")
+    cli, fwd = by.get("ours-cli"), by.get("ours-int8")
+    if cli and fwd:
+        out.append("")
+        out.append("Whole requests (`electra-edge run`, one line in, its answer out, one at a time) against the")
+        out.append("forward alone (`ours-int8`, the same weights), one thread: median wall / minimum CPU / mean")
+        out.append("CPU ms (x the forward's), minor page faults per request or run:")
+        out.append("")
+        out.append("| tokens | forward | whole request | page faults (forward / request) |")
+        out.append("| --- | --- | --- | --- |")
+        for s in seqs:
+            v, w = cli["seqs"].get(str(s)), fwd["seqs"].get(str(s))
+            if not v or not w:
+                continue
+            f = lambda x: f'{x["median_ms"]:.2f} / {x["cpu_min_ms"]:.2f} / {x.get("cpu_mean_ms", float("nan")):.2f}'
+            ratio = lambda k: v.get(k, float("nan")) / w.get(k, float("nan"))
+            tokens = f' ({v["tokens"]} tokens)' if v.get("tokens") not in (None, s) else ""
+            out.append(
+                f'| {s}{tokens} | {f(w)} | {f(v)} ({ratio("median_ms"):.2f}x / {ratio("cpu_min_ms"):.2f}x / '
+                f'{ratio("cpu_mean_ms"):.2f}x) | {w.get("faults", float("nan")):.1f} / {v.get("faults", float("nan")):.1f} |'
+            )
     out.append("")
     out.append("Start-up and memory (MB; steady = loaded + one run; peak load = VmHWM then; peak = after all runs up to the longest length):")
     out.append("")

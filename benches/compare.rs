@@ -14,13 +14,17 @@
 //! - `ours-int8-t2`: `ours-int8` with `threads = 2` (thread scaling);
 //! - `ours-fp32`: the fp32 graph through our loader, which is tract's f32 path (nothing to fuse);
 //! - `tract-int8`: the int8 graph with tract's own int8 kernels (`--tract-int8`; slow on x86,
-//!   timed `--slow-runs` times).
+//!   timed `--slow-runs` times);
+//! - `ours-cli`: whole requests through the binary (`electra-edge run --threads 1`, the
+//!   sidecar mapped from `$ELECTRA_EDGE_CACHE`): tokenizer, JSON and pipes included, one
+//!   request at a time as an interactive client sends them (`common/cli_requests.rs`).
 //!
 //! Each child prints one JSON line: `ready_ms` (load + first run of 8 tokens, wall), memory
 //! from `/proc/self/status` after that (`steady`: RssAnon, RssFile, VmRSS in kB, plus the
 //! sidecar's resident kB from `/proc/self/smaps`), the load peak (VmHWM then) and the peak
-//! after all timed runs; per length, the median and minimum wall time and the minimum process
-//! CPU time of the runs (the host may be shared: CPU time is the robust one-thread number).
+//! after all timed runs; per length, the median and minimum wall time, the minimum and mean
+//! process CPU time of the runs (the host may be shared: CPU time is the robust one-thread
+//! number) and the minor page faults per run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +32,10 @@ use std::time::Instant;
 
 use electra_edge::model::{Model, ModelOptions, WeightsSource};
 
-const CONFIGS: &str = "ours-int8,ours-int8-heap,ours-int8-t2,ours-fp32,tract-int8";
+#[path = "common/cli_requests.rs"]
+mod cli_requests;
+
+const CONFIGS: &str = "ours-int8,ours-cli,ours-int8-heap,ours-int8-t2,ours-fp32,tract-int8";
 
 struct Args {
     model: PathBuf,
@@ -120,6 +127,16 @@ fn process_cpu_s() -> f64 {
     electra_edge::cputime::process_s().unwrap_or(0.0)
 }
 
+/// Minor page faults of this process so far (field 10 of /proc/self/stat).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn ids(seq: usize) -> Vec<i64> {
     (0..seq)
         .map(|j| match j {
@@ -131,6 +148,13 @@ fn ids(seq: usize) -> Vec<i64> {
 }
 
 fn one(a: &Args, name: &str) -> String {
+    if name == "ours-cli" {
+        let sidecar = a.sidecar.as_ref().expect("--sidecar");
+        let cache = sidecar.with_file_name("cli-cache");
+        std::fs::create_dir_all(&cache).expect("cache folder");
+        let bin = Path::new(env!("CARGO_BIN_EXE_electra-edge"));
+        return cli_requests::measure(bin, &a.model, &cache, &a.seqs, a.runs, 1);
+    }
     let (file, tract_int8, threads, weights) = match name {
         "ours-int8" => (
             "model.onnx",
@@ -179,19 +203,25 @@ fn one(a: &Args, name: &str) -> String {
     for &seq in &a.seqs {
         let input = ids(seq);
         model.run(&input).expect("run"); // warm-up at this length
-        let (mut walls, mut cpu_min) = (vec![], f64::MAX);
+        let (mut walls, mut cpu_min, mut cpu_sum) = (vec![], f64::MAX, 0.0);
+        let faults0 = minor_faults();
         for _ in 0..runs {
             let (t, c) = (Instant::now(), process_cpu_s());
             std::hint::black_box(model.run(&input).expect("run"));
-            cpu_min = cpu_min.min((process_cpu_s() - c) * 1e3);
+            let cpu = (process_cpu_s() - c) * 1e3;
+            cpu_min = cpu_min.min(cpu);
+            cpu_sum += cpu;
             walls.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        let faults = (minor_faults() - faults0) as f64 / runs as f64;
         walls.sort_by(f64::total_cmp);
         per_seq.push(format!(
-            "\"{seq}\":{{\"median_ms\":{:.3},\"min_ms\":{:.3},\"cpu_min_ms\":{:.3},\"runs\":{runs}}}",
+            "\"{seq}\":{{\"median_ms\":{:.3},\"min_ms\":{:.3},\"cpu_min_ms\":{:.3},\"cpu_mean_ms\":{:.3},\
+             \"faults\":{faults:.1},\"runs\":{runs}}}",
             walls[walls.len() / 2],
             walls[0],
-            cpu_min
+            cpu_min,
+            cpu_sum / runs as f64,
         ));
     }
     let peak = status(&["VmHWM"])[0];

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One command for issue 4's benchmark: this project (int8 fused with mapped or heap weights, 2
-# threads, fp32 graph = tract f32, tract's own int8) and onnxruntime (int8, fp32), one thread
-# each unless said, on the small fixture at 8, 32, 128 and 512 tokens; medians, ratios to
-# onnxruntime int8, time-to-ready and memory. Prints a markdown table.
+# One command for the x86-64 benchmark (docs/performance.md): this project (int8 fused with
+# mapped or heap weights, whole requests through `electra-edge run`, 2 threads, fp32 graph =
+# tract f32, tract's own int8) and onnxruntime (int8, fp32), one thread each unless said, on
+# the small fixture at 8, 32, 128 and 512 tokens; medians, ratios to onnxruntime int8,
+# time-to-ready and memory. Prints a markdown table.
 #
 #   benches/compare.sh [--model DIR] [--seqs 8,32,128,512] [--runs 30] [--slow-runs 3] [--rounds 1]
-#       [--configs ours-int8,ours-int8-heap,ours-int8-t2,ours-fp32,tract-int8]   (ours; onnxruntime: always both)
+#       [--configs ours-int8,ours-cli,ours-int8-heap,ours-int8-t2,ours-fp32,tract-int8]   (ours; onnxruntime: always both)
 #
 # --rounds N runs everything N times, ours and onnxruntime in turn, and keeps each path's best
 # round per length (minimum CPU time, fastest median, quickest ready): on a host whose speed
@@ -21,7 +22,7 @@ SEQS=8,32,128,512
 RUNS=30
 SLOW_RUNS=3
 ROUNDS=1
-CONFIGS=ours-int8,ours-int8-heap,ours-int8-t2,ours-fp32,tract-int8
+CONFIGS=ours-int8,ours-cli,ours-int8-heap,ours-int8-t2,ours-fp32,tract-int8
 while [ $# -gt 0 ]; do
     case "$1" in
         --model) MODEL=$2; shift 2 ;;

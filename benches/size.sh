@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Binary size and the memory the binary's code costs (issue 12; README, "Binary size").
+# Binary size and the memory the binary's code costs (docs/binary-size.md).
 #
 #   benches/size.sh build [--target TRIPLE] [PROFILE...]   # default: host target, "release"
 #   benches/size.sh rss BIN [MODEL_DIR]                    # default model: models/demo/discriminator

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start to first answer of `electra-edge run` (issue 9's start-up target), wall time.
+"""Start to first answer of `electra-edge run` (docs/performance.md, start-up), wall time.
 
 Each run starts the binary, writes one line of text and measures until the first answer line
 arrives (load, self-check if the folder has goldens, warm-up, one answer); then closes stdin.
