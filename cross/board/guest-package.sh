@@ -136,6 +136,8 @@ if [ -e "$payload/expect-reload" ]; then
     done
     after_broken="$(request_to /run/electra-edge/live.sock 0 "$text")"
     errors="$(journalctl -u electra-edge@live.service -p err -o cat --no-pager | grep -c 'reload' || true)"
+    # What the instance and systemd said, shown when the check fails.
+    live_log="$(journalctl -b -u electra-edge@live.service -u electra-edge@live.socket -n 25 --no-pager -o short-monotonic 2>&1)"
     systemctl stop electra-edge@live.socket electra-edge@live.service
     rm -f "$live"
     rmdir "$broken"
@@ -143,7 +145,7 @@ if [ -e "$payload/expect-reload" ]; then
     if [ "$first_ok" != 1 ]; then
         fail $name "electra-edge@live did not answer with the demo model first: $(short "$first" 100)"
     elif [ -z "$swapped" ]; then
-        fail $name "no answer from the switched folder's model within 180 s of systemctl reload"
+        fail $name "no answer from the switched folder's model within 180 probes after systemctl reload; the last: $(short "$probe" 100)"
     elif [ "$ok" -ne "$total" ] || [ "$other" != 0 ]; then
         fail $name "$ok of $total requests answered during the reload ($other answered by neither model); first unanswered: $bad"
     elif [ "${last_a#*\"task\":\"classify\"}" = "$last_a" ] || [ "${last_b#*\"task\":\"classify\"}" = "$last_b" ]; then
@@ -157,6 +159,7 @@ if [ -e "$payload/expect-reload" ]; then
     else
         pass $name "link switched demo -> second and systemctl reload under 2 client loops: $ok of $total answered, each by one model or the other, the new one ${swapped} s after the reload, same pid $pid0, no restart; a broken folder kept the model serving (STATUS: $(short "$st" 80))"
     fi
+    case " ${fails[*]} " in *" $name "*) printf '%s\n' "$live_log" | sed 's/^/BOARD:   @live | /' ;; esac
 fi
 
 # 11. upgrade under load
