@@ -5,8 +5,8 @@
 //! For every sentence of the fixture's `reference.jsonl`:
 //! - our token ids equal the reference ids (the model's own tokenizer);
 //! - the int8 per-channel graph (`model.onnx`) gives an embedding with cosine >= 0.99 to
-//!   sentence-transformers' own fp32 embedding (`sentence_transformers_fp32`), the figure the
-//!   issue asks of an int8 folder;
+//!   sentence-transformers' own fp32 embedding (`sentence_transformers_fp32`), the figure asked
+//!   of an int8 folder;
 //! - it agrees with onnxruntime on the same graph (`ort_int8_per_channel`); onnxruntime's AVX2
 //!   u8 x s8 kernel saturates on x86-64 without VNNI and tract accumulates exactly in i32, so
 //!   the two differ by more than rounding but stay close;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use crate::common::{fixtures, TempDir};
 use crate::harness::{code, stopped_counts, Client, Process};
 
-/// Clients per load test (the number).
+/// Clients per load test.
 const CLIENTS: usize = 64;
-/// Requests per client (the number): 64,000 short texts, ~4,000/s on 2 cores.
+/// Requests per client: 64,000 short texts, ~4,000/s on 2 cores.
 const REQUESTS_PER_CLIENT: usize = 1_000;
 
 /// One client of the load tests: sends `n` requests with up to 4 in flight, checks every

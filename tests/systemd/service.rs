@@ -139,7 +139,7 @@ fn serve_under_a_stand_in_for_systemd() {
 /// binding, so the server cannot connect to itself by name (under the service unit that
 /// connect is refused: the socket is root's 0660, the service a DynamicUser): a server that
 /// then shut the inherited listener down to wake its own `accept` broke it for every later
-/// instance (issue: the restart outage).
+/// instance (the restart outage).
 #[test]
 fn restart_hands_the_listening_socket_to_the_next_instance() {
     need("python3");
