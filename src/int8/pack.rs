@@ -166,29 +166,46 @@ pub fn pack_weights_bytes(w: &[u8], signed: bool, k: usize, n: usize, zp: &[u8])
     put64(48, colsum_off);
     put64(56, zp_off);
 
-    let conv = |b: u8| -> i8 {
+    // The int8 bits of a weight: as stored (int8), or shifted by -128 (uint8: `b - 128` has the
+    // bits of `b ^ 0x80`).
+    let conv = |b: u8| -> u8 {
         if signed {
-            b as i8
+            b
         } else {
-            (b as i32 - 128) as i8
+            b ^ 0x80
         }
     };
-    let mut colsum = vec![0i32; p * NR];
-    let mut minus_128 = false;
     {
+        // Row by row (sequential reads); within a row, one panel's 8 columns at a time: their
+        // bytes go 4 apart into the panel's quad of this row.
         let data = &mut out[data_off..data_off + p * kq * QUAD_BYTES];
-        for kk in 0..k {
-            let row = &w[kk * n..(kk + 1) * n];
+        for (kk, row) in w.chunks_exact(n).enumerate() {
             let (q, kin) = (kk / 4, kk % 4);
-            for (nn, &b) in row.iter().enumerate() {
-                let v = conv(b);
-                let (pp, j) = (nn / NR, nn % NR);
-                data[(pp * kq + q) * QUAD_BYTES + j * 4 + kin] = v as u8;
-                colsum[nn] += v as i32;
-                minus_128 |= v == i8::MIN;
+            let mut panels = row.chunks_exact(NR);
+            for (pp, cols) in (&mut panels).enumerate() {
+                let base = (pp * kq + q) * QUAD_BYTES + kin;
+                let dst = &mut data[base..base + 4 * (NR - 1) + 1];
+                for j in 0..NR {
+                    dst[4 * j] = conv(cols[j]);
+                }
+            }
+            let tail = panels.remainder();
+            if !tail.is_empty() {
+                let base = (n / NR * kq + q) * QUAD_BYTES + kin;
+                for (j, &b) in tail.iter().enumerate() {
+                    data[base + 4 * j] = conv(b);
+                }
             }
         }
     }
+    // Column sums and the -128 check as plain passes over the rows (vectorized).
+    let mut colsum = vec![0i32; p * NR];
+    for row in w.chunks_exact(n) {
+        for (c, &b) in colsum.iter_mut().zip(row) {
+            *c += conv(b) as i8 as i32;
+        }
+    }
+    let minus_128 = w.iter().fold(false, |any, &b| any | (conv(b) == 0x80));
     let mut flags = if signed { 0 } else { FLAG_FROM_U8 };
     if !minus_128 {
         flags |= FLAG_NO_MINUS_128;
