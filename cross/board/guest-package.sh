@@ -102,7 +102,7 @@ if [ -e "$payload/expect-reload" ]; then
     wait_answers "$dir" 6 120
     ln -sfn "$payload/second" "$live"
     t=$(date +%s)
-    systemctl reload electra-edge@live.service
+    reload_out="$(systemctl reload electra-edge@live.service 2>&1)" || reload_out="systemctl reload failed: $reload_out"
     # Done when a new connection is answered by the other model.
     swapped=""
     for _ in $(seq 1 180); do
@@ -145,7 +145,7 @@ if [ -e "$payload/expect-reload" ]; then
     if [ "$first_ok" != 1 ]; then
         fail $name "electra-edge@live did not answer with the demo model first: $(short "$first" 100)"
     elif [ -z "$swapped" ]; then
-        fail $name "no answer from the switched folder's model within 180 probes after systemctl reload; the last: $(short "$probe" 100)"
+        fail $name "no answer from the switched folder's model within 180 probes after systemctl reload; the last: $(short "$probe" 100)${reload_out:+; $(short "$reload_out" 200)}"
     elif [ "$ok" -ne "$total" ] || [ "$other" != 0 ]; then
         fail $name "$ok of $total requests answered during the reload ($other answered by neither model); first unanswered: $bad"
     elif [ "${last_a#*\"task\":\"classify\"}" = "$last_a" ] || [ "${last_b#*\"task\":\"classify\"}" = "$last_b" ]; then
