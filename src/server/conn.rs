@@ -11,11 +11,39 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::queue::Refused;
-use super::worker::{Job, Reply};
+use super::queue::{Held, Refused};
 use super::Server;
 use crate::dispatch::{self, Routed};
-use crate::protocol::{self, ErrorCode, ErrorReply, Limits};
+use crate::protocol::{self, ErrorCode, ErrorReply, Limits, Request};
+use crate::tasks::Response;
+
+/// One queued inference.
+pub(super) struct Job {
+    pub(super) seq: u64,
+    pub(super) request: Request,
+    pub(super) conn: Arc<Conn>,
+    pub(super) reply: Sender<(u64, Reply)>,
+    /// When the request was read.
+    pub(super) queued: Instant,
+}
+
+/// What a connection's writer gets for one request line, in any order (it writes them in
+/// request order).
+pub(super) enum Reply {
+    /// A finished line (commands, errors).
+    Line(String),
+    /// A typed answer, serialized while it is written: held as numbers and offsets it is a
+    /// fraction of its JSON (the budget counts it so).
+    Answer(Box<Answered>),
+}
+
+/// A request and its typed answer, until the writer has written it; dropping it gives the
+/// request's reservation back to the queue.
+pub(super) struct Answered {
+    pub(super) request: Request,
+    pub(super) response: Response,
+    pub(super) _held: Held<Job>,
+}
 
 /// State shared by a connection's reader, writer and the workers holding its jobs.
 pub(super) struct Conn {

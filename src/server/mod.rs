@@ -65,12 +65,12 @@ use crate::engine::Engine;
 use crate::procfs::rss;
 use crate::systemd;
 use conn::accept;
+use conn::Job;
 use gate::ParseGate;
 use listener::{wait_readable, AcceptFailures, AcceptVerdict};
 use queue::FairQueue;
 use reload::{Current, ReloadStats, Slot};
 use stats::Stats;
-use worker::Job;
 
 const _: () = {
     const fn shared<T: Send + Sync>() {}

@@ -1,46 +1,13 @@
 //! Inference workers: take queued requests in order, answer them (the typed answer goes to the
 //! connection's writer, which serializes it while writing), count and time them.
 
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
-use std::sync::Arc;
-use std::time::Instant;
-
-use super::conn::Conn;
-use super::queue::{FairQueue, Held};
+use super::conn::{Answered, Job, Reply};
+use super::queue::FairQueue;
 use super::Server;
 use crate::dispatch;
-use crate::protocol::{ErrorCode, ErrorReply, Request};
+use crate::protocol::{ErrorCode, ErrorReply};
 use crate::systemd;
-use crate::tasks::Response;
-
-/// One queued inference.
-pub(super) struct Job {
-    pub(super) seq: u64,
-    pub(super) request: Request,
-    pub(super) conn: Arc<Conn>,
-    pub(super) reply: Sender<(u64, Reply)>,
-    /// When the request was read.
-    pub(super) queued: Instant,
-}
-
-/// What a connection's writer gets for one request line, in any order (it writes them in
-/// request order).
-pub(super) enum Reply {
-    /// A finished line (commands, errors).
-    Line(String),
-    /// A typed answer, serialized while it is written: held as numbers and offsets it is a
-    /// fraction of its JSON (the budget counts it so).
-    Answer(Box<Answered>),
-}
-
-/// A request and its typed answer, until the writer has written it; dropping it gives the
-/// request's reservation back to the queue.
-pub(super) struct Answered {
-    pub(super) request: Request,
-    pub(super) response: Response,
-    _held: Held<Job>,
-}
+use std::sync::atomic::Ordering;
 
 pub(super) fn worker(server: &Server, queue: &FairQueue<Job>, watchdog: &systemd::Watchdog) {
     let timeout = server.config.queue_timeout;
