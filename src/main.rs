@@ -7,9 +7,20 @@ use electra_edge::cli::Cli;
 fn main() -> ExitCode {
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
-    // Under journald (JOURNAL_STREAM names our stderr) the journal stamps each line itself.
-    if electra_edge::systemd::stderr_is_journal() {
-        logger.format_timestamp(None);
+    // Under journald (JOURNAL_STREAM names our stderr) the journal stamps each line itself,
+    // and a `<N>` prefix gives the line its priority (`journalctl -p err` finds the errors).
+    let journal = electra_edge::systemd::stderr_is_journal();
+    if journal {
+        logger.format(|out, record| {
+            writeln!(
+                out,
+                "<{}>[{:<5} {}] {}",
+                electra_edge::systemd::journal_priority(record.level()),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
     }
     logger.init();
     let cli = Cli::parse();
@@ -23,7 +34,8 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(io::stderr(), "electra-edge: {err:#}");
+            let priority = if journal { "<3>" } else { "" };
+            let _ = writeln!(io::stderr(), "{priority}electra-edge: {err:#}");
             ExitCode::FAILURE
         }
     }
