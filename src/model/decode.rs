@@ -79,7 +79,7 @@ pub(super) fn decode(path: &Path) -> Result<Decoded> {
     // The map is only read while loading (decode, then the big initializers are copied out of
     // it after tract's parse, [`attach_detached`]) and is dropped before the load returns.
     // SAFETY: read-only and short-lived; the file is never changed in place while mapped (the
-    // deployment rule, module docs and README: model files are replaced by rename).
+    // deployment rule, module docs and docs/model-folders.md: model files are replaced by rename).
     let map = unsafe { Mmap::map(&file) }
         .with_context(|| format!("cannot memory-map {}", path.display()))?;
     // Decode a copy of the file without the big initializers, or the whole file when that copy
