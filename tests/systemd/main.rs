@@ -10,6 +10,8 @@
 //!   (`activation.rs`). Under qemu-user (no binfmt), set
 //!   `ELECTRA_EDGE_TEST_RUNNER="qemu-aarch64 -L ..."` so the child is started through it
 //!   (`.ci/aarch64.sh` does).
+//! - log lines under journald: `<N>` priority prefixes when `JOURNAL_STREAM` names stderr
+//!   (`journal.rs`).
 //! - `cross/install.sh` into a temp prefix, and `cross/verify-units.sh` (`units.rs`).
 //! - `electra-edge serve` end to end under stand-ins for systemd: activation, notifications,
 //!   watchdog, restart on the same socket (`service.rs`).
@@ -22,6 +24,7 @@ mod common;
 mod harness;
 
 mod activation;
+mod journal;
 mod notify;
 mod service;
 mod units;
