@@ -101,25 +101,7 @@ fn mapped_rss(path: Option<&Path>) -> u64 {
     let Some(path) = path.and_then(|p| p.canonicalize().ok()) else {
         return 0;
     };
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-    let mut inside = false;
-    let mut total = 0;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            inside = line
-                .split_whitespace()
-                .nth(5)
-                .is_some_and(|p| Path::new(p) == path);
-        } else if inside && first == "Rss:" {
-            total += line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total
+    cli_requests::smaps_rss_kb("/proc/self/smaps", |p| Path::new(p) == path)
 }
 
 /// CPU time of the whole process, seconds.

@@ -68,15 +68,17 @@ fn status(pid: u32, keys: &[&str]) -> Vec<u64> {
 
 /// Resident kB of `pid`'s mappings of packed-weights sidecars (`*.int8pack`).
 fn sidecar_rss(pid: u32) -> u64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    smaps_rss_kb(&format!("/proc/{pid}/smaps"), |p| p.ends_with(".int8pack"))
+}
+
+/// Resident KB of the mappings in the smaps file `smaps` whose path `mapped` accepts.
+pub fn smaps_rss_kb(smaps: &str, mapped: impl Fn(&str) -> bool) -> u64 {
+    let smaps = std::fs::read_to_string(smaps).unwrap_or_default();
     let (mut inside, mut total) = (false, 0);
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
-            inside = line
-                .split_whitespace()
-                .nth(5)
-                .is_some_and(|p| p.ends_with(".int8pack"));
+            inside = line.split_whitespace().nth(5).is_some_and(&mapped);
         } else if inside && first == "Rss:" {
             total += line
                 .split_whitespace()
