@@ -19,9 +19,11 @@
 # older one. AARCH64_GLIBC= (empty) builds with plain cargo and Debian's cross gcc instead
 # (.cargo/config.toml), as users without Zig do.
 #
-# Env: AARCH64_GLIBC (default 2.27), AARCH64_CPUS (default "cortex-a72 max"), ELECTRA_EDGE_SIZE_GOAL_MB (default 10; the
-# size is reported, and only fails the run when AARCH64_ENFORCE_SIZE=1), AARCH64_SIZE_PROFILES
-# (default "release"; "release dist" also builds and reports the deployment profile).
+# Env: AARCH64_GLIBC (default 2.27), AARCH64_CPUS (default "cortex-a72 max"),
+# ELECTRA_EDGE_SIZE_GOAL_MB (default 16: the goal of the deployment build, `dist`, stripped;
+# docs/binary-size.md. Sizes are reported, and only fail the run when AARCH64_ENFORCE_SIZE=1),
+# AARCH64_SIZE_PROFILES (default "release"; "release dist" also builds and reports the
+# deployment profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
@@ -142,7 +144,7 @@ done
 phase "binary size"
 # The release binary comes from the test build above. Other profiles (e.g. `dist`, the smaller
 # deployment build: fat LTO, minutes longer) are built here only when asked for.
-goal_mb="${ELECTRA_EDGE_SIZE_GOAL_MB:-10}"
+goal_mb="${ELECTRA_EDGE_SIZE_GOAL_MB:-16}"
 for profile in ${AARCH64_SIZE_PROFILES:-release}; do
     if [ "$profile" != release ]; then
         if [ -n "$glibc" ]; then
@@ -161,14 +163,17 @@ for profile in ${AARCH64_SIZE_PROFILES:-release}; do
         ssize=$(stat -c %s "$stripped")
         rm -f "$stripped"
         verdict=$(python3 -c "print('within' if $ssize <= $goal_mb*1024*1024 else 'OVER')")
-        python3 -c "print(f'aarch64 electra-edge ($profile): {$size/2**20:.2f} MiB as built, {$ssize/2**20:.2f} MiB stripped ($ssize bytes); goal <= $goal_mb MiB: $verdict')"
+        # The goal is the deployment build's; release (no LTO) is reported for comparison.
+        goal_text="goal <= $goal_mb MiB: $verdict"
+        [ "$profile" = dist ] || goal_text="the goal (<= $goal_mb MiB) is the dist build's"
+        python3 -c "print(f'aarch64 electra-edge ($profile): {$size/2**20:.2f} MiB as built, {$ssize/2**20:.2f} MiB stripped ($ssize bytes); $goal_text')"
         # The newest glibc symbol version it needs: the oldest glibc it starts on.
         needs="$(aarch64-linux-gnu-objdump -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -u -V | tail -n1)"
         echo "aarch64 electra-edge ($profile): needs glibc >= $needs${glibc:+ (linked for $glibc)}"
         if [ -n "$glibc" ] && [ "$(printf '%s\n%s\n' "$needs" "$glibc" | sort -V | tail -n1)" != "$glibc" ]; then
             failed+=("glibc $needs > $glibc ($profile)")
         fi
-        if [ "$verdict" = OVER ] && [ "${AARCH64_ENFORCE_SIZE:-0}" = 1 ]; then
+        if [ "$profile" = dist ] && [ "$verdict" = OVER ] && [ "${AARCH64_ENFORCE_SIZE:-0}" = 1 ]; then
             failed+=("binary size ($profile)")
         fi
     else
