@@ -165,7 +165,7 @@ for profile in ${AARCH64_SIZE_PROFILES:-release}; do
         verdict=$(python3 -c "print('within' if $ssize <= $goal_mb*1024*1024 else 'OVER')")
         # The goal is the deployment build's; release (no LTO) is reported for comparison.
         goal_text="goal <= $goal_mb MiB: $verdict"
-        [ "$profile" = dist ] || goal_text="the goal (<= $goal_mb MiB) is the dist build's"
+        [ "$profile" = dist ] || goal_text="the goal (<= $goal_mb MiB) is for dist"
         python3 -c "print(f'aarch64 electra-edge ($profile): {$size/2**20:.2f} MiB as built, {$ssize/2**20:.2f} MiB stripped ($ssize bytes); $goal_text')"
         # The newest glibc symbol version it needs: the oldest glibc it starts on.
         needs="$(aarch64-linux-gnu-objdump -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -u -V | tail -n1)"
