@@ -88,6 +88,7 @@ impl Drop for TempDir {
 
 /// Copies the files of a folder (not recursively) into `to`.
 pub fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         if entry.file_type().unwrap().is_file() {

@@ -7,6 +7,10 @@ mod testutil;
 
 pub use testutil::*;
 
+mod client;
+#[allow(unused_imports)]
+pub use client::{stopped_counts, Client};
+
 use std::process::Command;
 
 /// The command prefix that runs a program built for the target (a qemu-user runner under

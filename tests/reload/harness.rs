@@ -1,8 +1,8 @@
 //! What the reload tests share: the model folders, a symlink switch, the server process with a
-//! fake `NOTIFY_SOCKET`, a line client, the models' reference answers.
+//! fake `NOTIFY_SOCKET`, the models' reference answers (the line client is `tests/common`'s).
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use crate::common::{copy_folder, stopped_counts, Client};
 use crate::common::{electra_edge, fixtures};
 use electra_edge::engine::{Engine, EngineOptions};
 use electra_edge::procfs::{status_bytes, Pid};
@@ -48,17 +49,6 @@ pub fn switch(link: &Path, target: &Path) {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).unwrap();
     std::fs::rename(&tmp, link).unwrap();
-}
-
-/// A copy of the folder `from` in `to` (files only).
-pub fn copy_folder(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 pub const TEXTS: [&str; 4] = [
@@ -250,63 +240,8 @@ impl Drop for Server {
     }
 }
 
-/// The numbers of the `stopped:` line printed at exit: requests, answered, unanswered.
-pub fn stopped_counts(stderr: &str) -> (u64, u64, u64) {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("stopped:"))
-        .unwrap_or_else(|| panic!("no stopped line in {stderr}"));
-    let number_before = |word: &str| -> u64 {
-        let i = line.find(word).unwrap();
-        let n = line[..i].trim_end().rsplit(' ').next().unwrap();
-        n.parse().unwrap()
-    };
-    (
-        number_before(" requests"),
-        number_before(" answered"),
-        number_before(" unanswered"),
-    )
-}
-
 pub fn error_lines(stderr: &str) -> Vec<&str> {
     stderr.lines().filter(|l| l.contains("ERROR")).collect()
-}
-
-pub struct Client {
-    reader: BufReader<UnixStream>,
-    pub writer: UnixStream,
-}
-
-impl Client {
-    pub fn connect(path: &Path) -> Client {
-        let stream = UnixStream::connect(path).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
-    }
-
-    pub fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    pub fn recv(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => None,
-            Ok(_) => Some(serde_json::from_str(&line).unwrap()),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
-            Err(e) => panic!("read failed: {e}"),
-        }
-    }
-
-    pub fn ask(&mut self, text: &str) -> Value {
-        self.send(format!("{{\"id\":\"q\",\"text\":\"{text}\"}}\n").as_bytes());
-        self.recv().expect("an answer")
-    }
 }
 
 /// Which model answered: 0 the old, 1 the new.

@@ -234,7 +234,7 @@ fn a_broken_folder_keeps_the_old_model_serving() {
         server.signal(libc::SIGHUP);
         // answered while the reload runs, and after it failed: the old model
         for (i, text) in TEXTS.iter().enumerate() {
-            assert_eq!(which(c.ask(text), i, &old, &new), 0);
+            assert_eq!(which(c.ask_text(text), i, &old, &new), 0);
         }
         readies += 1;
         let seen = notify.wait_for(readies, "READY=1 after the reload", |m| {
@@ -249,7 +249,7 @@ fn a_broken_folder_keeps_the_old_model_serving() {
         );
         assert!(status.contains("still serving"), "{status}");
         for (i, text) in TEXTS.iter().enumerate() {
-            assert_eq!(which(c.ask(text), i, &old, &new), 0);
+            assert_eq!(which(c.ask_text(text), i, &old, &new), 0);
         }
         let st = server.stats();
         assert_eq!(st["model_generation"], 0);
@@ -266,7 +266,7 @@ fn a_broken_folder_keeps_the_old_model_serving() {
         has_line(m, "READY=1")
     });
     for (i, text) in TEXTS.iter().enumerate() {
-        assert_eq!(which(c.ask(text), i, &old, &new), 1);
+        assert_eq!(which(c.ask_text(text), i, &old, &new), 1);
     }
     drop(c);
     let (ok, stderr) = server.stop();
@@ -389,7 +389,7 @@ fn reloading_the_small_model_stays_within_the_budget() {
                 let mut c = Client::connect(&path);
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
-                    let a = c.ask(TEXTS[(client + n) % TEXTS.len()]);
+                    let a = c.ask_text(TEXTS[(client + n) % TEXTS.len()]);
                     assert!(a.get("error").is_none(), "{a}");
                     n += 1;
                 }

@@ -1,8 +1,8 @@
 //! What the server tests share: the tiny model's engine, an in-process server on a socket in a
-//! temp folder (`Running`), the binary as a process (`Process`), a line client, and reading the
-//! `stopped:` line the process prints at exit.
+//! temp folder (`Running`) and the binary as a process (`Process`); the line client and the
+//! `stopped:` line the process prints at exit come from `tests/common`.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::common::{electra_edge, fixtures, TempDir};
+pub use crate::common::{stopped_counts, Client};
 use electra_edge::engine::{Engine, EngineOptions};
 use electra_edge::procfs::{status_bytes, Pid};
 use electra_edge::server::{self, ServeReport, ServerConfig, Shutdown};
@@ -76,47 +77,6 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.trigger();
-    }
-}
-
-pub struct Client {
-    pub reader: BufReader<UnixStream>,
-    pub writer: UnixStream,
-}
-
-impl Client {
-    pub fn connect(path: &Path) -> Client {
-        let stream = UnixStream::connect(path).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
-    }
-
-    pub fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    /// The next answer line, or `None` at end of stream (EOF or reset).
-    pub fn recv(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => None,
-            Ok(_) => Some(
-                serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("answer is not JSON: {line:?}: {e}")),
-            ),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
-            Err(e) => panic!("read failed: {e}"),
-        }
-    }
-
-    pub fn ask(&mut self, line: &str) -> Value {
-        self.send(format!("{line}\n").as_bytes());
-        self.recv().expect("an answer")
     }
 }
 
@@ -220,27 +180,4 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
-}
-
-/// The numbers of the `stopped:` line printed at exit.
-pub fn stopped_counts(stderr: &str) -> (u64, u64, u64) {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("stopped:"))
-        .unwrap_or_else(|| panic!("no stopped line in {stderr}"));
-    let number_before = |word: &str| -> u64 {
-        let i = line.find(word).unwrap();
-        line[..i]
-            .trim_end()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    (
-        number_before(" requests"),
-        number_before(" answered"),
-        number_before(" unanswered"),
-    )
 }
