@@ -13,7 +13,7 @@
 
 use std::arch::aarch64::*;
 
-use super::attention::{head, AttnBody};
+use super::attention::{head, pack_kt_by_4x4, AttnBody};
 use super::portable::exp_consts::{LN2_HI, LN2_LO, LO, LOG2E, P, SHIFTER};
 use super::{AttnDims, MaskView};
 
@@ -208,41 +208,17 @@ impl AttnBody for Neon {
         sp: usize,
         kt: *mut f32,
     ) {
-        let at = |j: usize, dd: usize| kt.add((j / 16) * d * 16 + dd * 16 + j % 16);
-        let mut j = 0;
-        while j + 4 <= seq_k {
-            let rows: [*const f32; 4] = std::array::from_fn(|r| k.add((j + r) * k_stride));
-            let mut dd = 0;
-            while dd + 4 <= d {
-                let cols = transpose4(
-                    vld1q_f32(rows[0].add(dd)),
-                    vld1q_f32(rows[1].add(dd)),
-                    vld1q_f32(rows[2].add(dd)),
-                    vld1q_f32(rows[3].add(dd)),
-                );
-                // (j % 16 is a multiple of 4: the 4 keys are side by side in one panel)
-                vst1q_f32(at(j, dd), cols[0]);
-                vst1q_f32(at(j, dd + 1), cols[1]);
-                vst1q_f32(at(j, dd + 2), cols[2]);
-                vst1q_f32(at(j, dd + 3), cols[3]);
-                dd += 4;
+        pack_kt_by_4x4::<16>(k, k_stride, seq_k, d, sp, kt, |rows, to| {
+            let cols = transpose4(
+                vld1q_f32(rows[0]),
+                vld1q_f32(rows[1]),
+                vld1q_f32(rows[2]),
+                vld1q_f32(rows[3]),
+            );
+            for (c, col) in cols.into_iter().enumerate() {
+                vst1q_f32(to[c], col);
             }
-            for dd in dd..d {
-                for (r, row) in rows.iter().enumerate() {
-                    *at(j + r, dd) = *row.add(dd);
-                }
-            }
-            j += 4;
-        }
-        for j in j..sp {
-            for dd in 0..d {
-                *at(j, dd) = if j < seq_k {
-                    *k.add(j * k_stride + dd)
-                } else {
-                    0.0
-                };
-            }
-        }
+        })
     }
 
     /// Whole panels 16 values (4 registers) per row; the last, partial one through the

@@ -133,6 +133,55 @@ pub(super) trait AttnBody {
     );
 }
 
+/// K^T in panels of `KEYS` keys (the layout of [`AttnBody::pack_kt`]), 4 keys x 4 elements
+/// at a time through `block4`, the odd ones one by one, zeros for `seq_k <= j < sp`. `block4`
+/// is an instruction set's 4x4 transpose: it reads 4 values at each of its 4 row pointers and
+/// writes column `c` of them (4 values) at its `c`-th output pointer.
+///
+/// # Safety
+/// As [`AttnBody::pack_kt`]; `KEYS` is a multiple of 4, and `block4` touches only the 16
+/// values it is given.
+#[inline(always)]
+pub(super) unsafe fn pack_kt_by_4x4<const KEYS: usize>(
+    k: *const f32,
+    k_stride: usize,
+    seq_k: usize,
+    d: usize,
+    sp: usize,
+    kt: *mut f32,
+    block4: impl Fn([*const f32; 4], [*mut f32; 4]),
+) {
+    let at = |j: usize, dd: usize| kt.add((j / KEYS) * d * KEYS + dd * KEYS + j % KEYS);
+    let mut j = 0;
+    while j + 4 <= seq_k {
+        let rows: [*const f32; 4] = std::array::from_fn(|r| k.add((j + r) * k_stride));
+        let mut dd = 0;
+        while dd + 4 <= d {
+            // (j % KEYS is a multiple of 4: the 4 keys are side by side in one panel)
+            block4(
+                rows.map(|row| row.add(dd)),
+                std::array::from_fn(|c| at(j, dd + c)),
+            );
+            dd += 4;
+        }
+        for dd in dd..d {
+            for (r, row) in rows.iter().enumerate() {
+                *at(j + r, dd) = *row.add(dd);
+            }
+        }
+        j += 4;
+    }
+    for j in j..sp {
+        for dd in 0..d {
+            *at(j, dd) = if j < seq_k {
+                *k.add(j * k_stride + dd)
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 /// One (batch, head): K^T and V packed once, then blocks of `B::ROWS` query rows: scores,
 /// masked softmax (unnormalised), `P V`, divided by the row sums.
 ///

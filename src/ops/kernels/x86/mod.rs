@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::attention::head;
+use super::attention::{head, pack_kt_by_4x4};
 use super::portable::add_layer_norm_body;
 use super::{AttnDims, MaskView};
 
@@ -106,45 +106,22 @@ unsafe fn pack_kt_sse<const KEYS: usize>(
     sp: usize,
     kt: *mut f32,
 ) {
-    let at = |j: usize, dd: usize| kt.add((j / KEYS) * d * KEYS + dd * KEYS + j % KEYS);
-    let mut j = 0;
-    while j + 4 <= seq_k {
-        let rows: [*const f32; 4] = std::array::from_fn(|r| k.add((j + r) * k_stride));
-        let mut dd = 0;
-        while dd + 4 <= d {
-            let (r0, r1, r2, r3) = (
-                _mm_loadu_ps(rows[0].add(dd)),
-                _mm_loadu_ps(rows[1].add(dd)),
-                _mm_loadu_ps(rows[2].add(dd)),
-                _mm_loadu_ps(rows[3].add(dd)),
-            );
-            let t0 = _mm_unpacklo_ps(r0, r1); // a0 b0 a1 b1
-            let t1 = _mm_unpackhi_ps(r0, r1); // a2 b2 a3 b3
-            let t2 = _mm_unpacklo_ps(r2, r3); // c0 d0 c1 d1
-            let t3 = _mm_unpackhi_ps(r2, r3); // c2 d2 c3 d3
-                                              // (j % KEYS is a multiple of 4: the 4 keys are side by side in one panel)
-            _mm_storeu_ps(at(j, dd), _mm_movelh_ps(t0, t2));
-            _mm_storeu_ps(at(j, dd + 1), _mm_movehl_ps(t2, t0));
-            _mm_storeu_ps(at(j, dd + 2), _mm_movelh_ps(t1, t3));
-            _mm_storeu_ps(at(j, dd + 3), _mm_movehl_ps(t3, t1));
-            dd += 4;
-        }
-        for dd in dd..d {
-            for (r, row) in rows.iter().enumerate() {
-                *at(j + r, dd) = *row.add(dd);
-            }
-        }
-        j += 4;
-    }
-    for j in j..sp {
-        for dd in 0..d {
-            *at(j, dd) = if j < seq_k {
-                *k.add(j * k_stride + dd)
-            } else {
-                0.0
-            };
-        }
-    }
+    pack_kt_by_4x4::<KEYS>(k, k_stride, seq_k, d, sp, kt, |rows, to| {
+        let (r0, r1, r2, r3) = (
+            _mm_loadu_ps(rows[0]),
+            _mm_loadu_ps(rows[1]),
+            _mm_loadu_ps(rows[2]),
+            _mm_loadu_ps(rows[3]),
+        );
+        let t0 = _mm_unpacklo_ps(r0, r1); // a0 b0 a1 b1
+        let t1 = _mm_unpackhi_ps(r0, r1); // a2 b2 a3 b3
+        let t2 = _mm_unpacklo_ps(r2, r3); // c0 d0 c1 d1
+        let t3 = _mm_unpackhi_ps(r2, r3); // c2 d2 c3 d3
+        _mm_storeu_ps(to[0], _mm_movelh_ps(t0, t2));
+        _mm_storeu_ps(to[1], _mm_movehl_ps(t2, t0));
+        _mm_storeu_ps(to[2], _mm_movelh_ps(t1, t3));
+        _mm_storeu_ps(to[3], _mm_movehl_ps(t3, t1));
+    })
 }
 
 /// V in panels of `VCOLS` columns (the layout of [`super::attention::AttnBody::pack_v`]):
