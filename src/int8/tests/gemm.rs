@@ -71,44 +71,11 @@ fn gemm_extremes_exact() {
             (8, 256, 16),
         ] {
             // all 255 x all -128, zero points 0
-            check_case(
-                kernel,
-                m,
-                k,
-                n,
-                &vec![255; m * k],
-                0,
-                &vec![0x80; k * n],
-                true,
-                &[],
-                1,
-            );
+            check_uniform(kernel, (m, k, n), 255, 0, 0x80, &[], 1);
             // all 255 x all 127
-            check_case(
-                kernel,
-                m,
-                k,
-                n,
-                &vec![255; m * k],
-                0,
-                &vec![127; k * n],
-                true,
-                &[],
-                2,
-            );
+            check_uniform(kernel, (m, k, n), 255, 0, 127, &[], 2);
             // (0 - 255) * (-128 - 127) = 65025 per k, the largest product
-            check_case(
-                kernel,
-                m,
-                k,
-                n,
-                &vec![0; m * k],
-                255,
-                &vec![0x80; k * n],
-                true,
-                &[127],
-                1,
-            );
+            check_uniform(kernel, (m, k, n), 0, 255, 0x80, &[127], 1);
             // (255 - 0) * (-128 - 127) = -65025 per k, per-column zero points at the limit
             check_case(
                 kernel,
@@ -164,30 +131,8 @@ fn gemm_largest_k_no_overflow() {
     // 255 * 255 * MAX_K < 2^31: the exact result is the largest that fits.
     let (m, k, n) = (3, MAX_K, 9);
     for kernel in impls() {
-        check_case(
-            kernel,
-            m,
-            k,
-            n,
-            &vec![0; m * k],
-            255,
-            &vec![0x80; k * n],
-            true,
-            &[127],
-            2,
-        );
-        check_case(
-            kernel,
-            m,
-            k,
-            n,
-            &vec![255; m * k],
-            0,
-            &vec![0x80; k * n],
-            true,
-            &[127],
-            1,
-        );
+        check_uniform(kernel, (m, k, n), 0, 255, 0x80, &[127], 2);
+        check_uniform(kernel, (m, k, n), 255, 0, 0x80, &[127], 1);
     }
 }
 
@@ -238,45 +183,12 @@ fn neon_paths_exact_at_their_limits() {
             (128, 64, 24),
         ] {
             // paired path: |-128 * -127| twice per lane = 32512
-            check_case(
-                kernel,
-                m,
-                k,
-                n,
-                &vec![0; m * k],
-                0,
-                &vec![0x81; k * n],
-                true,
-                &[],
-                1,
-            );
-            check_case(
-                kernel,
-                m,
-                k,
-                n,
-                &vec![0; m * k],
-                9,
-                &vec![0x7f; k * n],
-                true,
-                &[3],
-                2,
-            );
+            check_uniform(kernel, (m, k, n), 0, 0, 0x81, &[], 1);
+            check_uniform(kernel, (m, k, n), 0, 9, 0x7f, &[3], 2);
             let w: Vec<u8> = (0..k * n).map(|i| [0x81, 0x7f][i % 3 % 2]).collect();
             check_case(kernel, m, k, n, &vec![0; m * k], 0, &w, true, &[], 1);
             // unpaired path: -128 weights
-            check_case(
-                kernel,
-                m,
-                k,
-                n,
-                &vec![0; m * k],
-                0,
-                &vec![0x80; k * n],
-                true,
-                &[],
-                1,
-            );
+            check_uniform(kernel, (m, k, n), 0, 0, 0x80, &[], 1);
             // uint8 weights: 0 is -128 once packed
             check_case(
                 kernel,
@@ -322,4 +234,29 @@ fn neon_paired_tile_would_overflow_on_minus_128() {
     let exact = vec![8 * 128 * 128; 8];
     assert_eq!(run(false), exact);
     assert_ne!(run(true), exact);
+}
+
+/// [`check_case`] for an `m x k` activation block of one value `a` (zero point `za`) and a
+/// `k x n` int8 weight matrix of one byte `w` (zero points `zp`), on `threads` threads.
+fn check_uniform(
+    kernel: Impl,
+    (m, k, n): (usize, usize, usize),
+    a: u8,
+    za: u8,
+    w: u8,
+    zp: &[u8],
+    threads: usize,
+) {
+    check_case(
+        kernel,
+        m,
+        k,
+        n,
+        &vec![a; m * k],
+        za,
+        &vec![w; k * n],
+        true,
+        zp,
+        threads,
+    );
 }
