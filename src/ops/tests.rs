@@ -175,6 +175,13 @@ fn body_exp_is_accurate() {
     }
 }
 
+/// Whether `got` and `want` hold the same bits, value for value (as long as the shorter).
+fn same_bits(got: &[f32], want: &[f32]) -> bool {
+    got.iter()
+        .zip(want)
+        .all(|(a, b)| a.to_bits() == b.to_bits())
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -416,9 +423,7 @@ fn add_layer_norm_is_the_same_on_any_threads() {
                 for threads in [2, 3, 5] {
                     let got = run(threads);
                     assert!(
-                        got.iter()
-                            .zip(&want)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        same_bits(&got, &want),
                         "{} rows {rows} n {n} res {res} bias {bias} x{threads}",
                         kernel.name()
                     );
@@ -443,9 +448,7 @@ fn gelu_is_the_same_on_any_threads() {
                 let mut got = x.clone();
                 gelu_f32(kernel, &mut got, std::f32::consts::SQRT_2, threads);
                 assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    same_bits(&got, &want),
                     "{} len {len} x{threads}",
                     kernel.name()
                 );
@@ -493,9 +496,7 @@ fn add_layer_norm_kernels_give_the_scalar_bits() {
                 let (want, got) = (run(OpsKernel::Scalar), run(kernel));
                 assert!(want.iter().all(|v| v.is_finite()));
                 assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    same_bits(&got, &want),
                     "{} rows {rows} n {n} res {res} bias {bias}",
                     kernel.name()
                 );
@@ -517,13 +518,7 @@ fn gelu_kernels_give_the_scalar_bits() {
             let (mut want, mut got) = (x.clone(), x.clone());
             gelu_f32(OpsKernel::Scalar, &mut want, div, 1);
             gelu_f32(kernel, &mut got, div, 1);
-            assert!(
-                got.iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{} len {len}",
-                kernel.name()
-            );
+            assert!(same_bits(&got, &want), "{} len {len}", kernel.name());
         }
     }
 }
