@@ -30,17 +30,12 @@ and the step count is fixed (not time-bound).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import math
-import re
-import subprocess
 import sys
-import tarfile
 import time
-import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -130,20 +125,32 @@ def prf(tp: int, fp: int, fn: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------- train
-def setup(args, tok=None):
-    """Text, lexicon, vocabulary and the two corruptors (training and measurement) shared by
-    train and eval."""
-    import tempfile
+class Data(NamedTuple):
+    """What train and eval share: the text and its split, the word list, and the characters
+    that corruptions replace and draw from."""
+    archives: dict[str, Path]
+    sents: list[str]
+    train: list[str]
+    dev: list[str]
+    held: list[str]
+    lex: Lexicon
+    char_to_id: dict[str, int]
+    chars: list[str]
+    freqs: np.ndarray
 
+    def corruptor(self, rate: float, mix: str = "everyday") -> Corruptor:
+        return Corruptor(self.chars, self.freqs, self.char_to_id, self.lex, rate=rate, mix=mix)
+
+
+def setup(args) -> Data:
     archives = fetch(Path(args.cache))
     sents = load_corpus(archives)
     train_s, dev, held = split(sents)
     lex = Lexicon.from_wordfreq(archives["wordfreq"])
-    with tempfile.TemporaryDirectory() as tmp:
-        htok = make_tokenizer(Path(tmp))
-    char_to_id = {t: i for t, i in htok.get_vocab().items() if len(t) == 1 and CJK.match(t)}
+    # the project's vocabulary: every CJK character is one token (make_vocab.py)
+    char_to_id = {t: i for i, t in enumerate(build_vocab()) if len(t) == 1 and CJK.match(t)}
     chars, freqs = char_stats(train_s, char_to_id, args.chars, lex.characters())
-    return archives, sents, train_s, dev, held, lex, htok, char_to_id, chars, freqs
+    return Data(archives, sents, train_s, dev, held, lex, char_to_id, chars, freqs)
 
 
 def batches_of(enc: list[list[int]], tokens: int) -> list[list[int]]:
@@ -158,6 +165,13 @@ def batches_of(enc: list[list[int]], tokens: int) -> list[list[int]]:
     if cur:
         batches.append(cur)
     return batches
+
+
+def logits(model, ids):
+    """The discriminator's logits for a padded batch (0 is [PAD])."""
+    import torch
+
+    return model(input_ids=ids, attention_mask=(ids != 0).long(), token_type_ids=torch.zeros_like(ids)).logits
 
 
 def tensors(rows):
@@ -181,12 +195,18 @@ def train(args) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    archives, sents, train_s, dev, held, lex, tok, char_to_id, chars, freqs = setup(args)
-    words = lex.word_lines(rng, args.word_lines) if args.word_lines else []
-    log(f"corpus: {len(sents)} sentences, {sum(map(len, sents))} characters; train {len(train_s)}, dev {len(dev)},"
-        f" held-out {len(held)}; {len(words)} word-list lines ({sum(map(len, words))} characters)")
-    cor = Corruptor(chars, freqs, char_to_id, lex, rate=args.rate, mix=args.mix)
-    enc = tok(train_s + words, truncation=True, max_length=args.max_len)["input_ids"]
+    import tempfile
+
+    data = setup(args)
+    sents, char_to_id, chars = data.sents, data.char_to_id, data.chars
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = make_tokenizer(Path(tmp))
+    words = data.lex.word_lines(rng, args.word_lines) if args.word_lines else []
+    log(f"corpus: {len(sents)} sentences, {sum(map(len, sents))} characters; train {len(data.train)},"
+        f" dev {len(data.dev)}, held-out {len(data.held)}; {len(words)} word-list lines"
+        f" ({sum(map(len, words))} characters)")
+    cor = data.corruptor(args.rate, args.mix)
+    enc = tok(data.train + words, truncation=True, max_length=args.max_len)["input_ids"]
 
     cfg = transformers.ElectraConfig(
         vocab_size=len(tok.get_vocab()), embedding_size=args.emb, hidden_size=args.hidden,
@@ -235,8 +255,7 @@ def train(args) -> int:
             if step >= args.steps:
                 break
             ids, lab, mask = tensors([cor.corrupt(rng, enc[i]) for i in batches[b]])
-            out = model(input_ids=ids, attention_mask=(ids != 0).long(), token_type_ids=torch.zeros_like(ids)).logits
-            loss = (lossf(out, lab, step) * mask).sum() / mask.sum()
+            loss = (lossf(logits(model, ids), lab, step) * mask).sum() / mask.sum()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -253,7 +272,7 @@ def train(args) -> int:
     minutes = (time.time() - t0) / 60
     log(f"trained {step} steps in {minutes:.1f} min")
     model.eval()
-    threshold, dev_scores = calibrate(model, tok, dev, chars, freqs, char_to_id, lex, args)
+    threshold, dev_scores = calibrate(model, tok, data, args)
     with torch.no_grad():  # fold the threshold into the output bias: the runtime's 0.5 is it
         model.discriminator_predictions.dense_prediction.bias -= math.log(threshold / (1 - threshold))
     out = Path(args.out)
@@ -263,7 +282,7 @@ def train(args) -> int:
     (out / "train_info.json").write_text(json.dumps({
         "seed": args.seed, "steps": step, "minutes": round(minutes, 1), "threads": args.threads,
         "params": n_params, "sentences": len(sents), "characters": sum(map(len, sents)),
-        "train_sentences": len(train_s), "dev_sentences": len(dev), "held_out_sentences": len(held),
+        "train_sentences": len(data.train), "dev_sentences": len(data.dev), "held_out_sentences": len(data.held),
         "word_lines": len(words), "threshold_folded_into_bias": threshold, "dev": dev_scores,
         "args": {k: v for k, v in vars(args).items() if k not in ("func",)},
         "torch": torch.__version__, "transformers": transformers.__version__,
@@ -272,19 +291,18 @@ def train(args) -> int:
     return 0
 
 
-def calibrate(model, tok, dev, chars, freqs, char_to_id, lex, args) -> tuple[float, dict]:
+def calibrate(model, tok, data: Data, args) -> tuple[float, dict]:
     """The threshold with the best F1 on the dev sentences, corrupted as the measurement does."""
     import torch
 
-    cor = Corruptor(chars, freqs, char_to_id, lex, rate=args.eval_rate, mix="everyday")
+    cor = data.corruptor(args.eval_rate)
     rng = np.random.default_rng(args.seed + 777)
-    enc = tok(dev, truncation=True, max_length=args.max_len)["input_ids"]
+    enc = tok(data.dev, truncation=True, max_length=args.max_len)["input_ids"]
     probs, labels = [], []
     with torch.no_grad():
         for b in batches_of(enc, 4096):
             ids, lab, mask = tensors([cor.corrupt(rng, enc[i]) for i in b])
-            p = torch.sigmoid(model(input_ids=ids, attention_mask=(ids != 0).long(),
-                                    token_type_ids=torch.zeros_like(ids)).logits)
+            p = torch.sigmoid(logits(model, ids))
             probs.append(p[mask > 0].numpy())
             labels.append(lab[mask > 0].numpy())
     p, y = np.concatenate(probs), np.concatenate(labels) > 0
@@ -294,7 +312,7 @@ def calibrate(model, tok, dev, chars, freqs, char_to_id, lex, args) -> tuple[flo
         r = prf(int((f & y).sum()), int((f & ~y).sum()), int((~f & y).sum()))
         if r["f1"] > best[0]:
             best = (r["f1"], float(t), r)
-    log(f"dev ({len(dev)} sentences): best F1 {best[0]:.4f} at threshold {best[1]:.2f} {best[2]}")
+    log(f"dev ({len(data.dev)} sentences): best F1 {best[0]:.4f} at threshold {best[1]:.2f} {best[2]}")
     return best[1], best[2]
 
 
@@ -304,10 +322,10 @@ def evaluate(args) -> int:
     import quantize as q
 
     folder = Path(args.model)
-    archives, sents, train_s, dev, held, lex, _, char_to_id, chars, freqs = setup(args)
+    data = setup(args)
     tok = q.WordPieceTokenizer(folder / "tokenizer.json")
     sess = q.make_session(folder / args.onnx)
-    held = held[: args.held]
+    held = data.held[: args.held]
 
     def flags(ids):
         logits = np.asarray(q.run(sess, ids)).reshape(-1)
@@ -316,7 +334,7 @@ def evaluate(args) -> int:
     res = {}
     for mix in ("everyday", "classic"):
         # 1-2 typos per sentence, as people make them
-        cor = Corruptor(chars, freqs, char_to_id, lex, rate=args.rate, mix=mix)
+        cor = data.corruptor(args.rate, mix)
         rng = np.random.default_rng(12345)
         tp = fp = fn = 0
         clean_fp, clean_n, clean_chars = 0, 0, 0
@@ -355,7 +373,7 @@ def evaluate(args) -> int:
                        "sentences": every, "clean": clean_every}
 
     tp = fp = fn = 0
-    rows = sighan(archives)[: args.sighan]
+    rows = sighan(data.archives)[: args.sighan]
     for src, tgt in rows:
         ids = tok.encode(src)
         if len(ids) != len(src) + 2:  # only sentences whose characters are one token each
