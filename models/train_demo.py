@@ -434,6 +434,8 @@ def main(argv=None) -> int:
     e.add_argument("--json")
     e.set_defaults(func=evaluate)
     args = ap.parse_args(argv)
+    if args.func is train and not 0 < args.warmup < args.steps:
+        ap.error(f"--warmup ({args.warmup}) must be at least 1 and below --steps ({args.steps})")
     return args.func(args)
 
 
