@@ -51,25 +51,27 @@ fn load_client(path: &Path, client: usize, n: usize, stop_on_eof: bool) -> usize
     got
 }
 
+/// `serve` for the 64 clients: 2 workers, a queue that holds 4 requests of each, and room for
+/// the readiness ping's and a stats connection beside them (the server may still count the
+/// ping's for a moment after `Process::start` closed it).
+fn start_for_clients(dir: &Path, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "--workers",
+        "2",
+        "--max-queue",
+        "256",
+        "--max-connections",
+        "66",
+    ];
+    args.extend_from_slice(extra);
+    Process::start(dir, &args)
+}
+
 #[test]
 fn load_64_clients_every_request_answered_once_within_budget() {
     let dir = TempDir::new("load");
     // 64 clients pipelining 4 deep = 256 requests at once: the queue holds them all.
-    let server = Process::start(
-        dir.path(),
-        &[
-            "--workers",
-            "2",
-            "--max-queue",
-            "256",
-            "--max-chars",
-            "2000",
-            // 64 clients, plus the readiness ping's and the stats connections, which the server
-            // may still count for a moment after their clients closed them
-            "--max-connections",
-            "66",
-        ],
-    );
+    let server = start_for_clients(dir.path(), &["--max-chars", "2000"]);
     let budget = {
         let mut c = Client::connect(&server.path);
         c.ask(r#"{"cmd":"stats"}"#)["stats"]["budget"]["total"]
@@ -223,19 +225,7 @@ fn pipelining_clients_on_the_small_model_with_default_limits() {
 #[test]
 fn sigterm_under_load_answers_every_accepted_request() {
     let dir = TempDir::new("term");
-    // 64 clients, plus the readiness ping's connection, which the server may still count for a
-    // moment after `Process::start` closed it
-    let server = Process::start(
-        dir.path(),
-        &[
-            "--workers",
-            "2",
-            "--max-queue",
-            "256",
-            "--max-connections",
-            "65",
-        ],
-    );
+    let server = start_for_clients(dir.path(), &[]);
     let path = server.path.clone();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
