@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the demo typo spotter (models/demo/discriminator): a small ELECTRA discriminator.
 
-    python models/train_demo.py train CKPT_DIR            # ~55 min, 1 torch thread (torch, transformers, pypinyin, msgpack)
+    python models/train_demo.py train CKPT_DIR            # ~57 min on 2 idle cores (torch, transformers, pypinyin, msgpack)
     python models/export.py CKPT_DIR models/demo/discriminator --weight-type uint8 --size-budget 1.05 --no-fp32
     python models/train_demo.py eval models/demo/discriminator   # onnxruntime on the int8 folder
 
@@ -401,8 +401,8 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", parents=[common])
     t.add_argument("out")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1, help="torch threads (1: on a busy shared host 2 OpenMP threads were 4-5x slower)")
-    t.add_argument("--steps", type=int, default=23000)
+    t.add_argument("--threads", type=int, default=2, help="torch threads (the bytes depend on it; 2 OpenMP threads are 1.5x faster than 1 on an idle 2-core host, 4-5x slower on a busy one)")
+    t.add_argument("--steps", type=int, default=35000)
     t.add_argument("--tokens", type=int, default=2048, help="tokens per batch (length-sorted buckets)")
     t.add_argument("--max-len", type=int, default=80)
     t.add_argument("--layers", type=int, default=3)
