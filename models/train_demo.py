@@ -205,16 +205,23 @@ def correction_head(model, cfg, cand_ids: list[int]):
     return Head(), index
 
 
+def padded(rows, dtype):
+    """Rows of different lengths as one zero-padded tensor."""
+    import torch
+
+    out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=dtype)
+    for k, r in enumerate(rows):
+        out[k, : len(r)] = torch.tensor(r, dtype=dtype)
+    return out
+
+
 def tensors(rows):
     import torch
 
-    L = max(len(r[0]) for r in rows)
-    ids = torch.zeros(len(rows), L, dtype=torch.long)
-    lab = torch.zeros(len(rows), L)
-    mask = torch.zeros(len(rows), L)
-    for k, (x, y) in enumerate(rows):
-        ids[k, : len(x)] = torch.tensor(x)
-        lab[k, : len(y)] = torch.tensor(y, dtype=torch.float32)
+    ids = padded([x for x, _ in rows], torch.long)
+    lab = padded([y for _, y in rows], torch.float32)
+    mask = torch.zeros(ids.shape)
+    for k, (x, _) in enumerate(rows):
         mask[k, 1: len(x) - 1] = 1.0
     return ids, lab, mask
 
@@ -288,18 +295,13 @@ def train(args) -> int:
             if step >= args.steps:
                 break
             ids, lab, mask = tensors([cor.corrupt(rng, enc[i]) for i in batches[b]])
-            if head is None:
-                loss = (lossf(logits(model, ids), lab, step) * mask).sum() / mask.sum()
-            else:
-                out, h = logits(model, ids, hidden=True)
-                loss = (lossf(out, lab, step) * mask).sum() / mask.sum()
-                hit = (lab * mask) > 0
-                if hit.any():
-                    orig = torch.zeros_like(ids)
-                    for k, i in enumerate(batches[b]):
-                        orig[k, : len(enc[i])] = torch.tensor(enc[i])
-                    target = head_index[orig[hit]]  # corruptions replace only candidates (demo_typos.py)
-                    loss = loss + args.correct_weight * torch.nn.functional.cross_entropy(head(h[hit]), target)
+            out, h = logits(model, ids, hidden=True) if head else (logits(model, ids), None)
+            loss = (lossf(out, lab, step) * mask).sum() / mask.sum()
+            hit = (lab * mask) > 0
+            if head and hit.any():
+                orig = padded([enc[i] for i in batches[b]], torch.long)
+                target = head_index[orig[hit]]  # corruptions replace only candidates (demo_typos.py)
+                loss = loss + args.correct_weight * torch.nn.functional.cross_entropy(head(h[hit]), target)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
